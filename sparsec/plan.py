@@ -1,0 +1,145 @@
+"""The Plan: the contract between the passes and every backend.
+
+One ``PlanEntry`` per weight-bearing op (MatMul, Gemm, Conv with a constant weight). It
+holds the weight's pattern statistics, the chosen layout and why, kernel knobs, and the
+epilogue fused into the kernel. Everything is plain data that round-trips through JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+PLAN_VERSION = 1
+
+# Epilogue steps a kernel applies to its accumulator, in order.
+EPILOGUE_OPS = ("bias", "relu", "clip", "gelu", "sigmoid", "residual")
+
+
+@dataclass
+class SparsityStats:
+    """Pattern statistics of one weight in ``[out, in]`` orientation (conv: ``[O, I*kh*kw]``)."""
+
+    rows: int
+    cols: int
+    nnz: int
+    density: float
+    nm: tuple[int, int] | None = None  # tightest N:M along ``in`` (M in 2, 4, 8, 16)
+    block: tuple[int, int] | None = None  # largest-area block with block density <= 1.1 x density
+    block_density: float | None = None
+    zero_rows: int = 0
+    zero_cols: int = 0
+    nonfinite: int = 0  # NaN/Inf values; such a weight stays dense
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SparsityStats:
+        d = dict(d)
+        for key in ("nm", "block"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+@dataclass
+class EpilogueStep:
+    """One fused step: ``bias`` (add per output channel), ``relu``, ``clip`` (min, max),
+    ``gelu`` (erf form), ``sigmoid``, ``residual`` (add another tensor of the output shape)."""
+
+    op: str
+    min: float | None = None
+    max: float | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EpilogueStep:
+        return cls(**d)
+
+
+@dataclass
+class ConvAttrs:
+    kernel_shape: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
+    dilations: tuple[int, int] = (1, 1)
+    group: int = 1
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ConvAttrs:
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
+
+
+@dataclass
+class PlanEntry:
+    node: str  # ONNX node name of the weight-bearing op (before fusion)
+    op: str  # MatMul | Gemm | Conv
+    weight: str  # initializer name (keeps PyTorch parameter names when captured from torch)
+    weight_shape: tuple[int, ...]  # as stored in the model
+    stats: SparsityStats
+    layout: str = "dense"
+    reason: str = ""
+    forced: bool = False
+    epilogue: list[EpilogueStep] = field(default_factory=list)
+    fused_nodes: list[str] = field(default_factory=list)  # epilogue nodes absorbed
+    kernel: dict[str, Any] = field(default_factory=dict)  # knobs for the kernel generator
+    conv: ConvAttrs | None = None
+    removed_rows: int = 0  # all-zero output channels made physical by shrink_zero_channels
+    estimated_speedup: float | None = None  # cost model: dense time / chosen layout time
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PlanEntry:
+        d = dict(d)
+        d["weight_shape"] = tuple(d["weight_shape"])
+        d["stats"] = SparsityStats.from_dict(d["stats"])
+        d["epilogue"] = [EpilogueStep.from_dict(e) for e in d.get("epilogue", [])]
+        if d.get("conv") is not None:
+            d["conv"] = ConvAttrs.from_dict(d["conv"])
+        return cls(**d)
+
+    def report_row(self) -> dict[str, Any]:
+        """The record of ``inspect --json``'s ``layers`` (exact key set, see README)."""
+        s = self.stats
+        return {
+            "name": self.node,
+            "op": self.op,
+            "weight": self.weight,
+            "shape": list(self.weight_shape),
+            "density": round(s.density, 6),
+            "nm": list(s.nm) if s.nm else None,
+            "block": list(s.block) if s.block else None,
+            "block_density": None if s.block_density is None else round(s.block_density, 6),
+            "zero_rows": s.zero_rows,
+            "zero_cols": s.zero_cols,
+            "layout": self.layout,
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class Plan:
+    target: str
+    entries: list[PlanEntry] = field(default_factory=list)
+    version: int = PLAN_VERSION
+
+    def by_node(self, node: str) -> PlanEntry:
+        for e in self.entries:
+            if e.node == node:
+                return e
+        raise KeyError(node)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self, **kw: Any) -> str:
+        return json.dumps(self.to_dict(), **kw)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Plan:
+        return cls(
+            target=d["target"],
+            entries=[PlanEntry.from_dict(e) for e in d["entries"]],
+            version=d.get("version", PLAN_VERSION),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        return cls.from_dict(json.loads(text))
