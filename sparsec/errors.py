@@ -100,3 +100,8 @@ ALL_ERRORS = (
     RunInputError,
     CaptureError,
 )
+
+
+class SparsecWarning(UserWarning):
+    """Something worth a person's attention that does not stop the compile
+    (e.g. NaN/Inf in a weight, which then stays dense)."""

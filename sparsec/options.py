@@ -35,8 +35,9 @@ class CompileOptions:
                 raise UsageError("empty op name in a forced layout")
 
     def forced_layout(self, node: str, weight: str) -> str | None:
-        """The layout forced for this op, most specific first: node, weight, then ``*``."""
-        for key in (node, weight, "*"):
+        """The layout forced for this op, most specific first: node name, weight name
+        (also without a trailing ``.weight``, so ``fc1`` matches ``fc1.weight``), then ``*``."""
+        for key in (node, weight, weight.removesuffix(".weight"), "*"):
             if key in self.layouts:
                 return parse_layout(self.layouts[key]).name
         return None

@@ -1,0 +1,62 @@
+"""TIR kernels for SparseLinear / SparseConv, one module per (op, layout) family.
+
+Each kernel module exports ``KERNELS``: a dict from ``(op_type, layout_kind)`` to a
+``KernelDef``. The registry below is the only place that knows the modules.
+
+``KernelDef.prepare(spec, arrays, target) -> arrays``: relayout the canonical format arrays
+(``sparsec.formats``) into the arrays the kernel reads (panels, padding, splits). Pure numpy.
+
+``KernelDef.build(spec, in_shape, arrays, target, knobs) -> tvm.tirx.PrimFunc``: the
+scheduled kernel. Params, in order: X (``in_shape``), the prepared arrays (dict order),
+bias ``[out]`` if the epilogue has "bias", residual (Y's shape) if it has "residual",
+then Y. SparseLinear: X ``[rows, in]`` and Y ``[rows, out]`` (the lowering flattens leading
+dims); SparseConv: X ``[N, C, H, W]`` and Y ``[N, O, OH, OW]``. The PrimFunc carries
+``tirx.is_scheduled`` so no later schedule rule touches it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sparsec.errors import CompileError
+from sparsec.layouts import parse_layout
+from sparsec.ops import SparseOpSpec
+
+_MODULES = ("linear_dense", "linear_csr", "linear_bsr", "linear_nm", "conv")
+
+
+@dataclass(frozen=True)
+class KernelDef:
+    prepare: Callable[[SparseOpSpec, dict[str, np.ndarray], Any], dict[str, np.ndarray]]
+    build: Callable[..., Any]
+
+
+def _registry() -> dict[tuple[str, str], KernelDef]:
+    table: dict[tuple[str, str], KernelDef] = {}
+    for name in _MODULES:
+        try:
+            mod = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__name__}.{name}":
+                continue  # a family not written yet
+            raise
+        table.update(mod.KERNELS)
+    return table
+
+
+def kernel_for(spec: SparseOpSpec) -> KernelDef:
+    kind = parse_layout(spec.layout).kind
+    table = _registry()
+    try:
+        return table[(spec.op_type, kind)]
+    except KeyError:
+        have = sorted(k for (op, k) in table if op == spec.op_type)
+        raise CompileError(
+            f"codegen/tvm: no {spec.op_type} kernel for layout {spec.layout} "
+            f"(node {spec.entry}); available: {', '.join(have) or 'none'}"
+        ) from None

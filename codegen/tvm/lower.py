@@ -1,0 +1,249 @@
+"""TVM backend: rewritten ONNX (+ Plan) -> Relax -> scheduled TIR -> one compiled library.
+
+Steps (``build``):
+  1. prepare   — each SparseLinear/SparseConv node's format arrays are re-laid out into
+                 what its TIR kernel reads (``kernels.KernelDef.prepare``);
+  2. import    — TVM's own ONNX frontend imports the graph; our subclass converts the
+                 ``ai.sparsec`` nodes into ``call_tir`` to the layout's kernel, with the
+                 fused epilogue inside; float weights become function parameters so the
+                 library holds code and ``weights.safetensors`` holds the numbers;
+  3. compile   — ``tvm.compile`` with ``schedule.relax_pipeline``: every PrimFunc TVM
+                 lowers itself gets a CPU schedule, ours are already scheduled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import tvm
+from onnx import numpy_helper
+from tvm import relax
+from tvm.relax.frontend.onnx import onnx_frontend as tvm_onnx
+
+from sparsec import ops
+from sparsec.errors import CompileError, UnsupportedOpError
+from sparsec.ops import SparseOpSpec
+from sparsec.plan import ConvAttrs
+from sparsec.codegen.tvm.kernels import kernel_for
+
+# Float initializers at least this large become runtime parameters (weights.safetensors);
+# smaller ones (scalars, clip bounds) stay constants so TVM can fold them.
+PARAM_MIN_ELEMS = 64
+
+
+@dataclass
+class Built:
+    executable: object  # tvm.relax.VMExecutable
+    input_names: list[str]
+    output_names: list[str]
+    params: dict[str, np.ndarray] = field(default_factory=dict)  # in call order
+
+
+def supported_ops() -> set[str]:
+    return set(tvm_onnx._get_convert_map()) | {"Constant"}  # noqa: SLF001 - TVM's own table
+
+
+def check_supported(proto: onnx.ModelProto) -> None:
+    """UnsupportedOpError for the first op neither TVM's importer nor sparsec lowers."""
+    from difflib import get_close_matches
+
+    known = supported_ops()
+    for node in proto.graph.node:
+        if node.domain == ops.DOMAIN:
+            continue
+        if node.domain not in ("", "ai.onnx") or node.op_type not in known:
+            near = get_close_matches(node.op_type, known, n=1)
+            hint = f"; nearest supported op: {near[0]}" if near else ""
+            dom = f"{node.domain}::" if node.domain not in ("", "ai.onnx") else ""
+            raise UnsupportedOpError(
+                f"op {dom}{node.op_type} (node '{node.name}') is not supported on this "
+                f"target{hint}"
+            )
+
+
+def read_spec(node: onnx.NodeProto, n_arrays: int) -> SparseOpSpec:
+    a = {x.name: onnx.helper.get_attribute_value(x) for x in node.attribute}
+    dec = lambda v: v.decode() if isinstance(v, bytes) else v  # noqa: E731
+    conv = None
+    if node.op_type == ops.CONV:
+        conv = ConvAttrs(tuple(a["kernel_shape"]), tuple(a.get("strides", (1, 1))),
+                         tuple(a.get("pads", (0, 0, 0, 0))), tuple(a.get("dilations", (1, 1))))
+    return SparseOpSpec(
+        op_type=node.op_type,
+        layout=dec(a["layout"]),
+        out_features=int(a["out_features"]),
+        in_features=int(a["in_features"]),
+        entry=dec(a.get("entry", node.name)),
+        epilogue=ops.epilogue_from_attrs([dec(s) for s in a.get("epilogue", [])],
+                                         a.get("clip_min"), a.get("clip_max")),
+        array_names=list(node.input[1:1 + n_arrays]),
+        conv=conv,
+    )
+
+
+def _n_arrays(node: onnx.NodeProto) -> int:
+    a = {x.name: onnx.helper.get_attribute_value(x) for x in node.attribute}
+    steps = [s.decode() if isinstance(s, bytes) else s for s in a.get("epilogue", [])]
+    return len(node.input) - 1 - ("bias" in steps) - ("residual" in steps)
+
+
+def _prepare(proto: onnx.ModelProto, target) -> dict[str, tuple[SparseOpSpec, dict]]:
+    """Step 1: swap each sparse node's format arrays for its kernel's prepared arrays."""
+    inits = {t.name: t for t in proto.graph.initializer}
+    side: dict[str, tuple[SparseOpSpec, dict]] = {}
+    drop: set[str] = set()
+    for node in proto.graph.node:
+        if node.domain != ops.DOMAIN:
+            continue
+        if not node.name or node.name in side:
+            raise CompileError(f"codegen/tvm: sparse node needs a unique name, got '{node.name}'")
+        spec = read_spec(node, _n_arrays(node))
+        arrays = {nm.rsplit(".", 1)[-1]: numpy_helper.to_array(inits[nm]) for nm in spec.array_names}
+        try:
+            prepared = kernel_for(spec).prepare(spec, arrays, target)
+        except Exception as exc:
+            if isinstance(exc, CompileError):
+                raise
+            raise CompileError(f"codegen/tvm prepare: node '{node.name}' ({spec.layout}): "
+                               f"{exc}") from exc
+        base = spec.array_names[0].rsplit(".", 1)[0] if spec.array_names else node.name
+        new_names = []
+        for key, arr in prepared.items():
+            name = f"{base}.{key}"
+            proto.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+            new_names.append(name)
+        drop.update(spec.array_names)
+        x_name, rest = node.input[0], list(node.input[1 + len(spec.array_names):])
+        del node.input[:]
+        node.input.extend([x_name, *new_names, *rest])
+        spec.array_names = new_names
+        side[node.name] = (spec, prepared)
+    used = {i for n in proto.graph.node for i in n.input}
+    keep = [t for t in proto.graph.initializer if t.name not in drop or t.name in used]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(keep)
+    return side
+
+
+class _Importer(tvm_onnx.ONNXGraphImporter):
+    """TVM's importer, plus: ai.sparsec nodes become call_tir to our kernels, and float
+    weights become parameters of ``main`` (named after their initializers)."""
+
+    def __init__(self, side, target):
+        super().__init__({}, "float32", keep_params_in_input=True, sanitize=True)
+        self._side = side
+        self._kernel_arrays = {n for spec, _ in side.values() for n in spec.array_names}
+        self._target = target
+        self._custom_kernels = 0
+
+    def _parse_graph_initializers(self, graph):
+        for init in graph.initializer:
+            array = self._parse_array(init)
+            big_float = (init.data_type == onnx.TensorProto.FLOAT
+                         and int(np.prod(init.dims)) >= PARAM_MIN_ELEMS)
+            if big_float or init.name in self._kernel_arrays:
+                var = self._new_var(self._sanitize_name(init.name) if self._sanitize else init.name,
+                                    shape=array.shape, dtype=array.dtype)
+                self._nodes[init.name] = var
+                self._params[init.name] = (var, array)
+            else:
+                self._nodes[init.name] = relax.const(array)
+
+    def _check_for_unsupported_ops(self, graph):
+        check_supported(onnx.ModelProto(graph=graph))
+
+    def _convert_operator(self, op_name, inputs, attrs, opset):
+        if op_name not in ops.OP_TYPES:
+            return super()._convert_operator(op_name, inputs, attrs, opset)
+        node_name = attrs["tvm_custom"]["name"]
+        spec, prepared = self._side[node_name]
+        return self._emit_sparse(spec, prepared, inputs)
+
+    def _emit_sparse(self, spec: SparseOpSpec, prepared: dict, inputs):
+        bb = self.bb
+        x = inputs[0]
+        n = len(prepared)
+        arrays = list(inputs[1:1 + n])
+        extra = list(inputs[1 + n:])
+        bias = extra.pop(0) if spec.has_bias else None
+        residual = extra.pop(0) if spec.has_residual else None
+        in_shape = [int(d) for d in x.struct_info.shape]
+        if spec.op_type == ops.LINEAR:
+            rows = int(np.prod(in_shape[:-1])) if len(in_shape) > 1 else 1
+            out_shape = [*in_shape[:-1], spec.out_features]
+            kernel_in = (rows, spec.in_features)
+            kernel_out = [rows, spec.out_features]
+            x2 = bb.emit(relax.op.reshape(x, kernel_in)) if list(kernel_in) != in_shape else x
+        else:
+            out_shape = _conv_out_shape(spec, in_shape)
+            kernel_in, kernel_out, x2 = tuple(in_shape), out_shape, x
+        args = [x2, *arrays]
+        if bias is not None:
+            args.append(bias)
+        if residual is not None:
+            args.append(bb.emit(relax.op.reshape(residual, kernel_out))
+                        if list(kernel_out) != out_shape else residual)
+        try:
+            func = kernel_for(spec).build(spec, kernel_in, prepared, self._target, spec_knobs(spec))
+        except Exception as exc:
+            if isinstance(exc, CompileError):
+                raise
+            raise CompileError(f"codegen/tvm kernel: node '{spec.entry}' ({spec.layout}): "
+                               f"{exc}") from exc
+        gv = bb.add_func(func, f"sparsec_{_ident(spec.entry)}_{spec.layout.replace(':', '_')}")
+        self._custom_kernels += 1
+        y = bb.emit(relax.call_tir(gv, args, relax.TensorType(kernel_out, "float32")))
+        if list(kernel_out) != out_shape:
+            y = bb.emit(relax.op.reshape(y, out_shape))
+        return y
+
+
+def spec_knobs(spec: SparseOpSpec) -> dict:
+    return {}
+
+
+def _ident(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name)[:48]
+
+
+def _conv_out_shape(spec: SparseOpSpec, in_shape: list[int]) -> list[int]:
+    n, _, h, w = in_shape
+    (kh, kw), (sh, sw) = spec.conv.kernel_shape, spec.conv.strides
+    (pt, pl, pb, pr), (dh, dw) = spec.conv.pads, spec.conv.dilations
+    oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    return [n, spec.out_features, oh, ow]
+
+
+def build(model: ir.Model, target, pipeline, extra_outputs: tuple[str, ...] = ()) -> Built:
+    """Compile ``model`` (already rewritten by the passes) for a TVM ``target``."""
+    proto = ir.to_proto(model)
+    if extra_outputs:
+        have = {o.name for o in proto.graph.output}
+        infos = {v.name: v for v in proto.graph.value_info}
+        for name in extra_outputs:
+            if name not in have:
+                proto.graph.output.append(infos.get(name) or onnx.helper.make_empty_tensor_value_info(name))
+    side = _prepare(proto, target)
+    importer = _Importer(side, target)
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 17)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(None):
+        warnings.simplefilter("ignore")
+        mod = importer.from_onnx(proto.graph, opset)
+    mod = relax.transform.FoldConstant()(mod)
+    func = mod["main"]
+    n_in = int(func.attrs["num_input"])
+    params = {name: arr.numpy() for name, (var, arr) in importer._params.items()}
+    param_order = [str(p.name_hint) for p in func.params[n_in:]]
+    by_var = {str(var.name_hint): name for name, (var, _) in importer._params.items()}
+    ordered = {by_var[v]: params[by_var[v]] for v in param_order}
+    mod["main"] = func.without_attr("params")
+    with tvm.transform.PassContext(opt_level=3):
+        ex = tvm.compile(mod, target=target, relax_pipeline=pipeline(target))
+    inputs = [i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
+    return Built(ex, inputs, [o.name for o in proto.graph.output], ordered)

@@ -1,0 +1,59 @@
+"""Run a TVM-compiled library: ``main(*inputs, *params) -> output(s)`` on the host CPU."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """TVM's C++ loader logs a warning per constant scope it loads; keep the terminal clean."""
+    try:
+        fd = os.dup(2)
+    except OSError:
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(fd, 2)
+        os.close(fd)
+        os.close(devnull)
+
+
+class VmRunner:
+    def __init__(self, executable):
+        import tvm
+        from tvm import relax
+
+        with _quiet_stderr():
+            self._vm = relax.VirtualMachine(executable, tvm.cpu())
+        self._params: list = []
+
+    def set_params(self, arrays: list[np.ndarray]) -> None:
+        import tvm
+
+        self._params = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays]
+
+    def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        import tvm
+
+        args = [tvm.runtime.tensor(np.ascontiguousarray(x)) for x in inputs]
+        out = self._vm["main"](*args, *self._params)
+        if isinstance(out, tvm.runtime.Tensor):
+            return [out.numpy()]
+        return [o.numpy() for o in out]
+
+
+def load_vm(lib_path: Path) -> VmRunner:
+    import tvm
+
+    with _quiet_stderr():
+        lib = tvm.runtime.load_module(str(lib_path))
+    return VmRunner(lib)

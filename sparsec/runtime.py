@@ -1,0 +1,147 @@
+"""A compiled model in memory: call it, read its report, save it, load it again.
+
+``CompiledModel`` wraps a target's runner and the artifact's manifest. Inputs are checked
+by name, shape and dtype before anything runs; a mismatch is a RunInputError naming the
+input.
+"""
+
+from __future__ import annotations
+
+import shutil
+import weakref
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sparsec import artifact
+from sparsec.errors import ArtifactError, RunInputError
+from sparsec.plan import Plan
+
+
+def _to_numpy(x: Any, name: str) -> np.ndarray:
+    if isinstance(x, np.ndarray):
+        return x
+    if type(x).__module__.startswith("torch"):
+        return x.detach().cpu().numpy()
+    try:
+        return np.asarray(x)
+    except Exception:  # noqa: BLE001
+        raise RunInputError(f"input '{name}': cannot use a {type(x).__name__} as a tensor") from None
+
+
+class CompiledModel:
+    def __init__(self, manifest: dict[str, Any], runner, files: dict[str, Path],
+                 params: list[np.ndarray], staging: Path | None = None):
+        self.manifest = manifest
+        self._runner = runner
+        self._files = files  # artifact name -> where the file is now
+        self._runner.set_params(params)
+        self._params = params
+        self.plan = Plan.from_dict(manifest["plan"])
+        self._staging = staging
+        if staging is not None:
+            weakref.finalize(self, shutil.rmtree, str(staging), True)
+
+    # -- what it is -----------------------------------------------------------------------
+    @property
+    def inputs(self) -> list[dict[str, Any]]:
+        return self.manifest["inputs"]
+
+    @property
+    def outputs(self) -> list[dict[str, Any]]:
+        return self.manifest["outputs"]
+
+    @property
+    def target(self) -> str:
+        return self.manifest["target"]
+
+    @property
+    def report(self) -> list[dict[str, Any]]:
+        """Per-layer records, the same as ``sparsec inspect --json``'s ``layers``."""
+        return [e.report_row() for e in self.plan.entries]
+
+    @property
+    def verification(self) -> dict[str, Any] | None:
+        return self.manifest.get("verification")
+
+    def __repr__(self) -> str:
+        ins = ", ".join(f"{i['name']}{tuple(i['shape'])}" for i in self.inputs)
+        return f"<sparsec.CompiledModel {self.manifest.get('model')} target={self.target} ({ins})>"
+
+    # -- running --------------------------------------------------------------------------
+    def _bind(self, args: tuple, kwargs: dict) -> list[np.ndarray]:
+        specs = self.inputs
+        names = [s["name"] for s in specs]
+        if len(args) > len(specs):
+            raise RunInputError(f"model takes {len(specs)} input(s) ({', '.join(names)}), "
+                                f"got {len(args)} positional")
+        given: dict[str, Any] = dict(zip(names, args))
+        for key, val in kwargs.items():
+            if key not in names:
+                raise RunInputError(f"unknown input '{key}'; inputs are: {', '.join(names)}")
+            if key in given:
+                raise RunInputError(f"input '{key}' given twice")
+            given[key] = val
+        missing = [n for n in names if n not in given]
+        if missing:
+            raise RunInputError(f"missing input(s): {', '.join(missing)}")
+        out = []
+        for spec in specs:
+            arr = _to_numpy(given[spec["name"]], spec["name"])
+            if tuple(arr.shape) != tuple(spec["shape"]):
+                raise RunInputError(
+                    f"input '{spec['name']}' has shape {list(arr.shape)}, the model was compiled "
+                    f"for {spec['shape']}"
+                )
+            if arr.dtype != np.dtype(spec["dtype"]):
+                raise RunInputError(
+                    f"input '{spec['name']}' has dtype {arr.dtype}, expected {spec['dtype']}"
+                )
+            out.append(np.ascontiguousarray(arr))
+        return out
+
+    def run(self, *args: Any, **kwargs: Any) -> list[np.ndarray]:
+        """All outputs as a list of numpy arrays."""
+        return self._runner(self._bind(args, kwargs))
+
+    def __call__(self, *args: Any, **kwargs: Any):
+        """numpy or torch tensors in, numpy out (a list when there are several outputs)."""
+        outs = self.run(*args, **kwargs)
+        return outs[0] if len(outs) == 1 else outs
+
+    # -- persistence ----------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        keep = {k: v for k, v in self.manifest.items() if k not in ("files", "format", "format_version")}
+        return artifact.write(Path(path), self._files, keep)
+
+
+def load(path: str | Path) -> CompiledModel:
+    """Load an artifact written by ``CompiledModel.save`` / ``sparsec compile``, no compiling."""
+    from safetensors.numpy import load_file
+
+    from sparsec.targets import registry
+
+    path = Path(path)
+    manifest = artifact.read_manifest(path)
+    try:
+        target = registry.get(manifest["target"])
+    except Exception:  # noqa: BLE001
+        raise ArtifactError(f"artifact '{path}' is for unknown target {manifest.get('target')!r}") from None
+    target.check_loadable(manifest)
+    weights_path = path / manifest["weights"]
+    try:
+        weights = load_file(str(weights_path))
+    except Exception:  # noqa: BLE001
+        raise ArtifactError(f"artifact '{path}': {manifest['weights']} is not readable") from None
+    names = manifest.get("params", [])
+    missing = [n for n in names if n not in weights]
+    if missing:
+        raise ArtifactError(f"artifact '{path}': weights file lacks {missing[0]}")
+    try:
+        runner = target.load(path / manifest["library"])
+    except Exception as exc:  # noqa: BLE001
+        raise ArtifactError(f"artifact '{path}': cannot load {manifest['library']}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    files = {name: path / name for name in manifest["files"]}
+    return CompiledModel(manifest, runner, files, [weights[n] for n in names])

@@ -1,0 +1,131 @@
+"""``--target cpu``: the host x86-64 CPU, compiled by TVM's LLVM backend.
+
+The host is detected at compile time: LLVM's name for it (``mcpu``) and the SIMD features
+the OS really exposes (/proc/cpuinfo). The manifest records the features the code was
+built for, and loading refuses a CPU that lacks them.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sparsec.errors import ArtifactError, ToolchainError
+from sparsec.targetspec import CostConstants, TargetSpec
+
+# The features that change the code we emit, widest first.
+KEY_FEATURES = ("avx512f", "avx2", "fma")
+
+SPEC = TargetSpec(
+    name="cpu",
+    description="host x86-64 CPU (TVM + LLVM; AVX2 / AVX-512 detected)",
+    layouts=("dense", "csr", "bsr", "nm", "chw-spmm"),
+    vector_lanes=8,
+    cost=CostConstants(),
+)
+
+# The flat list of steps a `sparsec compile --target cpu` runs (printed by --help).
+PIPELINE = (
+    "capture      ONNX / torch.export -> onnx_ir.Model with concrete shapes",
+    "cleanup      constant folding, identity and dead-node removal",
+    "fold         BatchNorm into Conv, transposes into constant weights",
+    "analyze      sparsity statistics of every constant MatMul/Gemm/Conv weight",
+    "shrink       drop all-zero output channels where consumers can absorb them",
+    "epilogues    mark bias / activation / residual chains for fusion",
+    "layouts      cost model (or --layout) picks dense, csr, bsr, nm or chw-spmm",
+    "lower        each planned op + epilogue -> one ai.sparsec node with packed arrays",
+    "tvm          TVM ONNX import, sparse TIR kernels, CPU schedules, LLVM codegen",
+    "verify       run on seeded inputs against onnxruntime / torch",
+)
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@dataclass
+class HostInfo:
+    mcpu: str
+    features: list[str] = field(default_factory=list)  # KEY_FEATURES present
+    vector_lanes: int = 8
+
+
+def detect_host() -> HostInfo:
+    from tvm.target import codegen
+
+    flags = cpu_flags()
+    have = [f for f in KEY_FEATURES if f in flags]
+    mcpu = codegen.llvm_get_system_cpu()
+    if not flags:  # no /proc/cpuinfo: trust LLVM
+        return HostInfo(mcpu, list(KEY_FEATURES[1:]), 8)
+    # LLVM may name a CPU whose model implies features the hypervisor hides (AMX, AVX-512);
+    # then fall back to the generic x86-64 level the OS really offers.
+    import tvm
+
+    implied = codegen.llvm_get_cpu_features(tvm.target.Target({"kind": "llvm", "mcpu": mcpu}))
+    if any(f in implied and f not in flags for f in ("avx512f", "avx2", "amx-tile")):
+        mcpu = "x86-64-v4" if "avx512f" in have else "x86-64-v3" if "avx2" in have else "x86-64"
+    return HostInfo(mcpu, have, 16 if "avx512f" in have else 8)
+
+
+def tvm_target(host: HostInfo | None = None):
+    import tvm
+
+    host = host or detect_host()
+    return tvm.target.Target({"kind": "llvm", "mcpu": host.mcpu, "num-cores": os.cpu_count() or 1})
+
+
+class CpuTarget:
+    spec = SPEC
+    pipeline = PIPELINE
+    library_name = "model.so"
+
+    def check_toolchain(self) -> None:
+        if platform.machine() not in ("x86_64", "AMD64"):
+            raise ToolchainError(f"--target cpu builds for x86-64 hosts; this is {platform.machine()}")
+        try:
+            import tvm  # noqa: F401
+        except ImportError as exc:
+            raise ToolchainError(f"apache-tvm is not importable ({exc}); pip install apache-tvm") from None
+
+    def check_ops(self, proto) -> None:
+        from sparsec.codegen.tvm.lower import check_supported
+
+        check_supported(proto)
+
+    def host(self) -> HostInfo:
+        return detect_host()
+
+    def build(self, model, host: HostInfo, extra_outputs=()):
+        from sparsec.codegen.tvm import lower, schedule
+
+        return lower.build(model, tvm_target(host), schedule.relax_pipeline, extra_outputs)
+
+    def export(self, built, path: Path) -> None:
+        built.executable.export_library(str(path))
+
+    def check_loadable(self, manifest: dict) -> None:
+        need = set(manifest.get("host", {}).get("features", []))
+        missing = sorted(need - set(cpu_flags())) if cpu_flags() else []
+        if missing:
+            raise ArtifactError(
+                f"artifact was compiled for a CPU with {', '.join(missing)}, which this CPU "
+                "lacks; compile it again here"
+            )
+
+    def load(self, lib_path: Path):
+        from sparsec.codegen.tvm.runner import load_vm
+
+        return load_vm(lib_path)
+
+
+TARGET = CpuTarget()
