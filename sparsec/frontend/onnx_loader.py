@@ -63,11 +63,6 @@ def _read(source: Any) -> tuple[onnx.ModelProto, str]:
 
 
 def _check(proto: onnx.ModelProto, name: str) -> None:
-    try:
-        onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
-        raise ModelError(f"'{name}' fails the ONNX checker: {first}") from None
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None or not MIN_OPSET <= opset <= MAX_OPSET:
         raise ModelError(
@@ -80,6 +75,11 @@ def _check(proto: onnx.ModelProto, name: str) -> None:
                 f"'{name}' has control flow ({node.op_type} node '{node.name}'); "
                 "sparsec compiles straight-line graphs only"
             )
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
+        raise ModelError(f"'{name}' fails the ONNX checker: {first}") from None
     for init in proto.graph.initializer:
         if init.data_type != FLOAT and init.data_type not in _INT_OK:
             dt = onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
