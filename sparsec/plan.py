@@ -83,6 +83,10 @@ class PlanEntry:
     kernel: dict[str, Any] = field(default_factory=dict)  # knobs for the kernel generator
     conv: ConvAttrs | None = None
     removed_rows: int = 0  # all-zero output channels made physical by shrink_zero_channels
+    # The weight as the user's model has it, before a rewrite (shrinking) changed it;
+    # reports show these, the cost model and kernels use ``stats``/``weight_shape``.
+    source_stats: SparsityStats | None = None
+    source_shape: tuple[int, ...] | None = None
     estimated_speedup: float | None = None  # cost model: dense time / chosen layout time
 
     @classmethod
@@ -90,6 +94,10 @@ class PlanEntry:
         d = dict(d)
         d["weight_shape"] = tuple(d["weight_shape"])
         d["stats"] = SparsityStats.from_dict(d["stats"])
+        if d.get("source_stats") is not None:
+            d["source_stats"] = SparsityStats.from_dict(d["source_stats"])
+        if d.get("source_shape") is not None:
+            d["source_shape"] = tuple(d["source_shape"])
         d["epilogue"] = [EpilogueStep.from_dict(e) for e in d.get("epilogue", [])]
         if d.get("conv") is not None:
             d["conv"] = ConvAttrs.from_dict(d["conv"])
@@ -97,12 +105,15 @@ class PlanEntry:
 
     def report_row(self) -> dict[str, Any]:
         """The record of ``inspect --json``'s ``layers`` (exact key set, see README)."""
-        s = self.stats
+        s = self.source_stats or self.stats
+        reason = self.reason
+        if self.removed_rows:
+            reason += f"; {self.removed_rows} all-zero output channels removed"
         return {
             "name": self.node,
             "op": self.op,
             "weight": self.weight,
-            "shape": list(self.weight_shape),
+            "shape": list(self.source_shape or self.weight_shape),
             "density": round(s.density, 6),
             "nm": list(s.nm) if s.nm else None,
             "block": list(s.block) if s.block else None,
@@ -110,7 +121,7 @@ class PlanEntry:
             "zero_rows": s.zero_rows,
             "zero_cols": s.zero_cols,
             "layout": self.layout,
-            "reason": self.reason,
+            "reason": reason,
         }
 
 

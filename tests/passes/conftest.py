@@ -1,0 +1,158 @@
+"""Helpers shared by the pass tests, handed out through the ``tools`` fixture.
+
+- ``model(nodes, inputs, outputs, inits, opset)``: an onnx_ir model built with onnx.helper;
+- ``ort(model, feeds)``: onnxruntime outputs of a standard-ONNX model (by output name);
+- ``evaluate(model, feeds)``: every value of a model that may hold ai.sparsec nodes: those
+  are computed by a numpy reference (weights recovered with ``sparsec.formats.unpack``,
+  epilogue by ``sparsec.ops.apply_epilogue``), every other node by onnxruntime alone;
+- ``verify_each``: an ``on_step`` callback running the IR/Plan verifier after every pass.
+
+(``--import-mode=importlib`` keeps test directories off sys.path, hence a fixture.)
+"""
+
+from __future__ import annotations
+
+import sys
+from types import ModuleType
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort_
+import pytest
+from onnx import TensorProto, helper
+
+from sparsec import ops
+from sparsec.formats import Packed, pack, unpack
+from sparsec.layouts import parse_layout
+from sparsec.passes.invariants import verify
+from sparsec.plan import Plan
+
+RTOL = ATOL = 1e-4
+OPSET = 17
+
+
+def model(nodes, inputs: dict[str, tuple[int, ...]], outputs: list[str],
+          inits: dict[str, np.ndarray], opset: int = OPSET) -> ir.Model:
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info(k, TensorProto.FLOAT, list(s)) for k, s in inputs.items()],
+        [helper.make_tensor_value_info(k, TensorProto.FLOAT, None) for k in outputs],
+        [onnx.numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    proto.ir_version = 8
+    return ir.serde.deserialize_model(proto)
+
+
+def _session(proto: onnx.ModelProto) -> ort_.InferenceSession:
+    so = ort_.SessionOptions()
+    so.graph_optimization_level = ort_.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.intra_op_num_threads = 1
+    return ort_.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def ort(m: ir.Model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    proto = ir.serde.serialize_model(m)
+    sess = _session(proto)
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feeds)))
+
+
+def _array_keys(layout: str) -> list[str]:
+    lay = parse_layout(layout)
+    r, c = lay.params if lay.kind == "bsr" else (1, lay.params[1] if lay.kind == "nm" else 1)
+    return list(pack(np.zeros((r, c), np.float32), lay).arrays)
+
+
+def sparse_weight(node: ir.Node, values: dict[str, np.ndarray]) -> np.ndarray:
+    """The dense [out, in] weight of an ai.sparsec node, unpacked from its format arrays."""
+    layout = node.attributes.get_string("layout")
+    keys = _array_keys(layout)
+    arrays = {k: values[v.name] for k, v in zip(keys, node.inputs[1:1 + len(keys)])}
+    shape = (node.attributes.get_int("out_features"), node.attributes.get_int("in_features"))
+    return unpack(Packed(layout, shape, arrays))
+
+
+def _conv2d(x: np.ndarray, w2d: np.ndarray, node: ir.Node) -> np.ndarray:
+    kh, kw = node.attributes.get_ints("kernel_shape")
+    sh, sw = node.attributes.get_ints("strides")
+    dh, dw = node.attributes.get_ints("dilations")
+    pt, pl, pb, pr = node.attributes.get_ints("pads")
+    n, c, h, wd = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    ow = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    cols = np.empty((n, c, kh, kw, oh, ow), np.float64)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, i, j] = xp[:, :, i * dh:i * dh + sh * oh:sh, j * dw:j * dw + sw * ow:sw]
+    out = np.einsum("ok,nkp->nop", w2d.astype(np.float64), cols.reshape(n, c * kh * kw, -1))
+    return out.reshape(n, -1, oh, ow)
+
+
+def sparse_reference(node: ir.Node, values: dict[str, np.ndarray]) -> np.ndarray:
+    w = sparse_weight(node, values)
+    steps = ops.epilogue_from_attrs(
+        list(node.attributes.get_strings("epilogue")),
+        node.attributes.get_float("clip_min", None), node.attributes.get_float("clip_max", None))
+    rest = [values[v.name] for v in node.inputs[1 + len(_array_keys(
+        node.attributes.get_string("layout"))):]]
+    bias = rest.pop(0) if any(s.op == "bias" for s in steps) else None
+    residual = rest.pop(0) if any(s.op == "residual" for s in steps) else None
+    x = values[node.inputs[0].name]
+    if node.op_type == ops.LINEAR:
+        acc = x.astype(np.float64) @ w.T.astype(np.float64)
+        return ops.apply_epilogue(acc, steps, bias, residual, channel_axis=-1)
+    return ops.apply_epilogue(_conv2d(x, w, node), steps, bias, residual, channel_axis=1)
+
+
+def _single_node(node: ir.Node, values: dict[str, np.ndarray], opset: int) -> list[np.ndarray]:
+    ins = [v for v in node.inputs if v is not None]
+    proto_node = ir.serde.serialize_node(node)
+    graph = helper.make_graph(
+        [proto_node], "one",
+        [helper.make_tensor_value_info(v.name, helper.np_dtype_to_tensor_dtype(
+            values[v.name].dtype), values[v.name].shape) for v in dict.fromkeys(ins)],
+        [onnx.ValueInfoProto(name=o.name)
+         for o in node.outputs if o.name])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    proto.ir_version = 8
+    sess = _session(proto)
+    return sess.run(None, {v.name: values[v.name] for v in dict.fromkeys(ins)})
+
+
+def evaluate(m: ir.Model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every named value of ``m`` (sparsec nodes by the numpy reference, others by ORT)."""
+    values = {k: np.asarray(v) for k, v in feeds.items()}
+    values.update({k: v.const_value.numpy() for k, v in m.graph.initializers.items()})
+    opset = m.opset_imports.get("", OPSET)
+    for node in m.graph:
+        if node.domain == ops.DOMAIN:
+            outs = [sparse_reference(node, values)]
+        else:
+            outs = _single_node(node, values, opset)
+        for o, a in zip(node.outputs, outs):
+            values[o.name] = a
+    return values
+
+
+def assert_close(a: np.ndarray, b: np.ndarray) -> None:
+    np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
+
+
+def verify_each(name: str, m: ir.Model, plan: Plan) -> None:
+    verify(m, plan)
+
+
+def sparse_nodes(m: ir.Model) -> list[ir.Node]:
+    return [n for n in m.graph if n.domain == ops.DOMAIN]
+
+
+def op_types(m: ir.Model) -> list[str]:
+    return [n.op_type for n in m.graph]
+
+
+@pytest.fixture
+def tools() -> ModuleType:
+    return sys.modules[__name__]

@@ -1,0 +1,144 @@
+"""The cost model's choices, forced layouts, and the LayoutErrors of forced misfits."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from sparsec.errors import LayoutError, SparsecWarning
+from sparsec.options import CompileOptions
+from sparsec.passes.analyze_sparsity import AnalyzeSparsityPass
+from sparsec.passes.choose_layouts import ChooseLayoutsPass, estimate_times
+from sparsec.passes.cleanup import ShapesPass
+from sparsec.passes.invariants import verify
+from sparsec.plan import Plan
+from sparsec.targetspec import CostConstants, TargetSpec
+
+rng = np.random.default_rng(7)
+CPU = TargetSpec("cpu", "test cpu")
+
+
+def sparse(shape, density):
+    w = rng.standard_normal(shape).astype(np.float32)
+    w[rng.random(shape) >= density] = 0
+    return w
+
+
+def two_four(o, k):
+    w = rng.uniform(0.5, 1.5, (o, k)).astype(np.float32)
+    g = w.reshape(o, k // 4, 4)
+    np.put_along_axis(g, np.argsort(rng.random(g.shape), axis=2)[:, :, :2], 0, axis=2)
+    return w
+
+
+def choose(tools, weights: dict[str, np.ndarray], options=None, target=CPU, batch=1,
+           conv: np.ndarray | None = None):
+    """One Gemm (transB=1) per weight, side by side; optionally a conv on img."""
+    nodes = [helper.make_node("Gemm", [f"x_{name}", name], [f"y_{name}"], transB=1,
+                              name=f"fc_{name}") for name in weights]
+    inputs = {f"x_{name}": (batch, w.shape[1]) for name, w in weights.items()}
+    inits = dict(weights)
+    if conv is not None:
+        kh = conv.shape[2]
+        nodes.append(helper.make_node("Conv", ["img", "cw"], ["y_conv"], name="conv",
+                                      pads=[kh // 2] * 4))
+        inputs["img"], inits["cw"] = (1, conv.shape[1], 8, 8), conv
+    m = tools.model(nodes, inputs, [n.output[0] for n in nodes], inits)
+    ShapesPass()(m)
+    plan = Plan(target=target.name)
+    AnalyzeSparsityPass(plan)(m)
+    p = ChooseLayoutsPass(plan, options or CompileOptions(), target)
+    assert not p(m).modified
+    verify(m, plan)
+    return {e.weight: e for e in plan.entries}, p
+
+
+def test_dense_at_0_6_and_csr_at_0_05(tools):
+    entries, p = choose(tools, {"d60": sparse((1024, 1024), 0.6),
+                                "d05": sparse((1024, 1024), 0.05)})
+    d60, d05 = entries["d60"], entries["d05"]
+    assert d60.layout == "dense" and d60.reason.startswith("dense: density 0.60 above break-even")
+    assert d05.layout == "csr" and d05.reason.startswith("csr: est. ")
+    assert "faster than dense (density 0.05)" in d05.reason
+    assert d05.estimated_speedup > CPU.cost.min_speedup and d60.estimated_speedup == 1.0
+    assert p.counts == {"dense": 1, "csr": 1}
+
+
+def test_rows_change_the_csr_rate(tools):
+    w = sparse((256, 256), 0.05)
+    one, _ = choose(tools, {"w": w}, batch=1)
+    many, _ = choose(tools, {"w": w}, batch=64)
+    c = CPU.cost
+    # rows >= vector_lanes uses csr_batch_gflops: the estimate moves with the rate ratio
+    ratio = many["w"].estimated_speedup / one["w"].estimated_speedup
+    assert ratio > 1.0 and c.csr_batch_gflops > c.csr_gflops
+
+
+def test_structured_layouts_win_when_their_rate_is_high(tools):
+    fast = TargetSpec("fast", "structured kernels are fast",
+                      cost=dataclasses.replace(CostConstants(), nm_gflops=200.0, bsr_gflops=200.0))
+    block = np.kron(rng.random((128, 128)) < 0.05, np.ones((4, 4))).astype(np.float32)
+    entries, _ = choose(tools, {"nm": two_four(256, 256), "blk": block * 1.5}, target=fast)
+    assert entries["nm"].layout == "nm2:4"
+    assert entries["blk"].layout == "bsr4x4"
+    # a target that does not run bsr or nm falls back to csr / dense
+    csr_only = dataclasses.replace(fast, layouts=("dense", "csr"))
+    entries, _ = choose(tools, {"nm": two_four(256, 256), "blk": block * 1.5}, target=csr_only)
+    assert entries["nm"].layout == "dense" and entries["blk"].layout == "csr"
+
+
+def test_pointwise_conv_gets_chw_spmm(tools):
+    entries, _ = choose(tools, {"w": sparse((8, 8), 1.0)}, conv=sparse((128, 64, 1, 1), 0.1))
+    assert entries["cw"].layout == "chw-spmm"
+    times = estimate_times(entries["cw"], 64, CPU)
+    assert {"dense", "chw-spmm", "csr"} <= set(times)
+    assert min(times, key=times.get) == "chw-spmm"  # ties with csr go to chw-spmm
+
+
+def test_small_and_nonfinite_stay_dense(tools):
+    bad = sparse((256, 256), 0.05)
+    bad[3, 3] = np.nan
+    with pytest.warns(SparsecWarning, match="fc_bad"):
+        entries, _ = choose(tools, {"small": sparse((32, 64), 0.05), "bad": bad})
+    small = entries["small"]
+    assert small.layout == "dense" and "below the 4096 minimum" in small.reason
+    assert entries["bad"].layout == "dense" and "NaN/Inf" in entries["bad"].reason
+
+
+def test_forced_layout_is_honoured(tools):
+    opts = CompileOptions(layouts={"fc_a": "bsr2x2", "b": "csr", "*": "dense"})
+    entries, p = choose(tools, {"a": sparse((64, 64), 0.9), "b": sparse((64, 64), 0.9),
+                                "c": sparse((1024, 1024), 0.01)}, options=opts)
+    assert [entries[k].layout for k in "abc"] == ["bsr2x2", "csr", "dense"]
+    assert all(entries[k].forced and entries[k].reason == "forced by --layout" for k in "abc")
+    assert entries["a"].estimated_speedup > 0 and p.counts == {"bsr": 1, "csr": 1, "dense": 1}
+
+
+def test_forced_misfits_raise_layout_error(tools):
+    with pytest.raises(LayoutError, match=r"nm2:4 .*fc_w \(weight w\).*not 2:4"):
+        choose(tools, {"w": sparse((64, 64), 0.9)}, options=CompileOptions(layouts={"w": "nm2:4"}))
+    with pytest.raises(LayoutError, match=r"conv \(weight cw\).*chw-spmm needs a 1x1"):
+        choose(tools, {"w": sparse((8, 8), 1.0)}, conv=sparse((8, 4, 3, 3), 0.5),
+               options=CompileOptions(layouts={"conv": "chw-spmm"}))
+    with pytest.raises(LayoutError, match="fc_w.*this is a Gemm"):
+        choose(tools, {"w": sparse((8, 8), 1.0)}, options=CompileOptions(layouts={"*": "chw-spmm"}))
+    with pytest.raises(LayoutError, match=r"bsr4x4 .*fc_w.*divisible"):
+        choose(tools, {"w": sparse((6, 8), 1.0)}, options=CompileOptions(layouts={"*": "bsr4x4"}))
+    dense_only = TargetSpec("tiny", "dense only", layouts=("dense",))
+    with pytest.raises(LayoutError, match="target tiny does not run csr"):
+        choose(tools, {"w": sparse((8, 8), 1.0)}, target=dense_only,
+               options=CompileOptions(layouts={"*": "csr"}))
+
+
+def test_forced_layout_on_nonfinite_weight_warns_but_is_used(tools):
+    bad = sparse((64, 64), 0.1)
+    bad[0, 0] = np.inf
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        entries, _ = choose(tools, {"bad": bad}, options=CompileOptions(layouts={"*": "csr"}))
+    assert entries["bad"].layout == "csr"
+    assert any(issubclass(w.category, SparsecWarning) for w in caught)
