@@ -1,0 +1,89 @@
+"""Schedule rule for injective PrimFuncs (elementwise, broadcast, transpose, reshape copies,
+concat, split, pad, clip, erf-gelu, sigmoid).
+
+``f(x) = g_n(...g_1(x))``, every block spatial ->
+  inline every producer that can be inlined, then for each remaining block:
+  ``for p in parallel(fuse(outer loops)): for v in vectorized(lanes): body``.
+
+The vectorized part is the innermost loop when a vector width divides it; otherwise the
+shortest suffix of loops whose fused extent is a multiple of the vector width (a contiguous
+run of the output). Blocks whose body needs a per-lane condition (pad, concat) are still
+split this way; TVM's vectorizer then keeps that inner loop scalar, which is correct.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.s_tir.dlight.base import ScheduleRule, try_inline
+from tvm.target import Target
+
+from .schedule_common import (
+    block_lanes,
+    extent,
+    loop_product,
+    parallelize,
+    vector_factor,
+    vectorize_innermost,
+)
+
+
+def schedule_spatial_block(
+    sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int
+) -> None:
+    """``for p in parallel(outer): for v in vectorized(inner)`` on one spatial block's loops."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    work = loop_product(sch, loops)
+    # Find the shortest suffix whose fused extent a vector width divides.
+    start = len(loops) - 1
+    if vector_factor(extent(sch, loops[-1]), lanes) == 0:
+        total = 1
+        for i in range(len(loops) - 1, -1, -1):
+            ext = extent(sch, loops[i])
+            if ext is None:
+                break
+            total *= ext
+            if total % lanes == 0:
+                start = i
+                break
+    suffix = loops[start:]
+    inner = sch.fuse(*suffix) if len(suffix) > 1 else suffix[0]
+    outer_part, _vec = vectorize_innermost(sch, inner, lanes)
+    outer = list(loops[:start]) + ([outer_part] if outer_part is not None else [])
+    parallelize(sch, outer, work)
+
+
+def fuse_epilogue(sch: s_tir.Schedule, epilogues: list) -> list[s_tir.schedule.SBlockRV]:
+    """Fold the elementwise blocks after a reduction's cache-write into its write-back.
+
+    Intermediate epilogue blocks are inlined into their consumers first; the one block left
+    is then reverse-inlined into the write-back (its producer). Only a single remaining
+    block is reverse-inlined: TVM 0.27 drops a buffer when it reverse-inlines a block whose
+    producer has another consumer. Returns the blocks left to schedule on their own.
+    """
+    remaining = try_inline(sch, list(epilogues))
+    if len(remaining) == 1:
+        try:
+            sch.reverse_compute_inline(remaining[0].block_rv)
+            return []
+        except Exception:  # noqa: BLE001 - not inlinable: scheduled on its own
+            pass
+    return [info.block_rv for info in remaining]
+
+
+class Injective(ScheduleRule):
+    """Inline, then parallel outer / vectorized inner loops on every remaining block."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if not infos or not all(info.is_injective() for info in infos):
+            return None
+        remaining = try_inline(sch, list(infos))
+        for info in remaining:
+            schedule_spatial_block(sch, info.block_rv, block_lanes(sch, info.block_rv, target))
+        return sch
