@@ -113,9 +113,9 @@ def _build(target, model, host, extra_outputs=()):
     except SparsecError:
         raise
     except Exception as exc:  # noqa: BLE001 - name the stage instead of a raw traceback
-        first = str(exc).strip().splitlines()
+        lines = [ln.strip() for ln in str(exc).splitlines() if len(ln.strip()) > 1]
         raise CompileError(f"codegen failed: {type(exc).__name__}: "
-                           f"{first[-1] if first else ''}"[:400]) from exc
+                           f"{lines[0] if lines else ''}"[:400]) from exc
 
 
 def _manifest(captured, plan: Plan, built, opts: CompileOptions, host, lib_name: str, t0: float):

@@ -118,6 +118,7 @@ def _prepare(proto: onnx.ModelProto, target) -> dict[str, tuple[SparseOpSpec, di
             proto.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
             new_names.append(name)
         drop.update(spec.array_names)
+        del node.attribute[:]  # read into `spec`; TVM's attr parser rejects empty lists
         x_name, rest = node.input[0], list(node.input[1 + len(spec.array_names):])
         del node.input[:]
         node.input.extend([x_name, *new_names, *rest])
@@ -172,7 +173,7 @@ class _Importer(tvm_onnx.ONNXGraphImporter):
         extra = list(inputs[1 + n:])
         bias = extra.pop(0) if spec.has_bias else None
         residual = extra.pop(0) if spec.has_residual else None
-        in_shape = [int(d) for d in x.struct_info.shape]
+        in_shape = [int(d) for d in x.ty.shape]
         if spec.op_type == ops.LINEAR:
             rows = int(np.prod(in_shape[:-1])) if len(in_shape) > 1 else 1
             out_shape = [*in_shape[:-1], spec.out_features]
@@ -195,6 +196,8 @@ class _Importer(tvm_onnx.ONNXGraphImporter):
                 raise
             raise CompileError(f"codegen/tvm kernel: node '{spec.entry}' ({spec.layout}): "
                                f"{exc}") from exc
+        if "global_symbol" in (func.attrs or {}):
+            func = func.without_attr("global_symbol")  # named by the module, uniquely
         gv = bb.add_func(func, f"sparsec_{_ident(spec.entry)}_{spec.layout.replace(':', '_')}")
         self._custom_kernels += 1
         y = bb.emit(relax.call_tir(gv, args, relax.TensorType(kernel_out, "float32")))
@@ -239,8 +242,8 @@ def build(model: ir.Model, target, pipeline, extra_outputs: tuple[str, ...] = ()
     func = mod["main"]
     n_in = int(func.attrs["num_input"])
     params = {name: arr.numpy() for name, (var, arr) in importer._params.items()}
-    param_order = [str(p.name_hint) for p in func.params[n_in:]]
-    by_var = {str(var.name_hint): name for name, (var, _) in importer._params.items()}
+    param_order = [str(p.name) for p in func.params[n_in:]]
+    by_var = {str(var.name): name for name, (var, _) in importer._params.items()}
     ordered = {by_var[v]: params[by_var[v]] for v in param_order}
     mod["main"] = func.without_attr("params")
     with tvm.transform.PassContext(opt_level=3):
