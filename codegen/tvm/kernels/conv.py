@@ -1,0 +1,322 @@
+"""SparseConv TIR kernels for the host CPU, one per layout kind (dense, csr, bsr, nm, chw-spmm).
+
+``Y[n, o, oh, ow] = epilogue(sum_{c,i,j} X[n, c, oh*sh - pt + i*dh, ow*sw - pl + j*dw]
+* Wc[o, (c*kh + i)*kw + j])`` with zero padding and group 1. The weight ``Wc [O, C*kh*kw]``
+comes as the canonical format arrays of ``sparsec.formats``.
+
+Every kernel is "sparse (or dense) W times dense columns, vectorized over output pixels":
+``conv_geometry`` decides where the columns come from (X itself for 1x1/stride 1/no padding,
+else a padded, stride-phase-split copy Z of X, built once per call) and how pixels are tiled;
+``conv_inner`` holds the per-layout loops. The PrimFunc is a parallel loop over (pixel
+tile, block of output channels), per image after filling Z (or over all images for direct
+1x1); within a task the accumulators of a tile stay in registers while the loop walks the
+channel's nonzeros, and the epilogue (``epilogue.emit``) is applied on the way out.
+
+``chw-spmm`` is XNNPACK's NCHW sparse 1x1 conv and only takes 1x1, stride 1, no padding.
+It shares csr's loop. XNNPACK's pre-scaled offsets measured no faster here (they save an ALU
+op in a load-bound loop); its blocks of output channels sharing one pattern are ``bsr{r}x1``,
+which pays only when the pattern really is shared (a union of random rows costs more FMAs
+than the shared loads save).
+
+Knobs (all optional, for tuning and tests): ``tile_lanes`` (pixels per tile),
+``vector_lanes`` (override the target's SIMD width), ``threads`` (cores to split work for),
+``pack`` / ``align`` (force the column panel / aligned-Z decisions, see ``_pack`` and
+``conv_geometry``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.tirx.script import builder as T
+
+from sparsec.codegen.tvm.kernels import KernelDef
+from sparsec.codegen.tvm.kernels import epilogue as epi
+from sparsec.codegen.tvm.kernels.conv_geometry import (
+    F32,
+    ConvGeometry,
+    TileClass,
+    TilePlan,
+    conv_geometry,
+    emit_offsets,
+    emit_pack,
+    emit_z_fill,
+    tile_plan,
+    vloop,
+    z_slack,
+)
+from sparsec.codegen.tvm.kernels.conv_inner import (
+    Inner,
+    TileCtx,
+    bsr_inner,
+    csr_inner,
+    dense_inner,
+    dense_rows,
+    ell_inner,
+)
+from sparsec.errors import CompileError
+from sparsec.formats import Packed, index_dtype, unpack
+from sparsec.layouts import parse_layout
+from sparsec.ops import SparseOpSpec
+
+TASKS_PER_CORE = 8  # split output channels until there are this many tasks per core
+NM_DENSE_RATIO = 0.3  # n:m denser than this runs as the dense GEMM
+PACK_MIN_REUSE = 4  # pack a tile's columns when each packed value is loaded this often
+
+
+def simd_lanes(target, knobs: dict | None = None) -> int:
+    """fp32 lanes of the target's widest vector (16 AVX-512, 8 AVX/AVX2, else 4)."""
+    if knobs and knobs.get("vector_lanes"):
+        return int(knobs["vector_lanes"])
+    from tvm.target import Target, codegen
+
+    tgt = target if isinstance(target, Target) else Target(target)
+    if tgt.kind.name != "llvm":
+        return 4
+    if codegen.target_has_features("avx512f", tgt):
+        return 16
+    if codegen.target_has_features("avx", tgt):
+        return 8
+    return 4
+
+
+def _cores(target, knobs: dict) -> int:
+    if knobs.get("threads"):
+        return int(knobs["threads"])
+    attrs = getattr(target, "attrs", {}) or {}
+    return int(attrs.get("num-cores", 0) or os.cpu_count() or 1)
+
+
+# ---------------------------------------------------------------- prepare (pure numpy)
+
+
+def _prepare_same(spec: SparseOpSpec, arrays: dict[str, np.ndarray], target):
+    return {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+
+
+def _prepare_dense(spec: SparseOpSpec, arrays: dict[str, np.ndarray], target):
+    """w [O, K] -> [ceil(O/rows), K, rows] (zero rows pad the last block)."""
+    w = np.asarray(arrays["w"], np.float32)
+    o, k = w.shape
+    rows = dense_rows(o)
+    blocks = -(-o // rows)
+    padded = np.zeros((blocks * rows, k), np.float32)
+    padded[:o] = w
+    return {"w": np.ascontiguousarray(padded.reshape(blocks, rows, k).transpose(0, 2, 1))}
+
+
+def _prepare_nm(spec: SparseOpSpec, arrays: dict[str, np.ndarray], target):
+    """n:m with n/m > NM_DENSE_RATIO -> the dense panel (a CPU multiplies a 2:4 weight faster
+    as a register-blocked GEMM than as n of every m gathered columns); sparser patterns ->
+    values/indices [O, K/m*n] with absolute columns instead of in-group positions (ELL)."""
+    n, m = parse_layout(spec.layout).params
+    if n / m > NM_DENSE_RATIO:
+        shape = (spec.out_features, spec.in_features)
+        w = unpack(Packed(spec.layout, shape, dict(arrays)))
+        return _prepare_dense(spec, {"w": w}, target)
+    vals = np.asarray(arrays["values"], np.float32)
+    pos = np.asarray(arrays["indices"]).astype(np.int64)
+    group = np.arange(vals.shape[1]) // n
+    cols = group[None, :] * m + pos
+    return {"values": np.ascontiguousarray(vals),
+            "indices": np.ascontiguousarray(cols.astype(index_dtype(spec.in_features - 1)))}
+
+
+# ---------------------------------------------------------------- build
+
+_INNERS = {"csr": csr_inner, "chw-spmm": csr_inner, "nm": ell_inner, "bsr": bsr_inner,
+           "dense": dense_inner}
+
+
+def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target, knobs=None):
+    """The scheduled PrimFunc ``(x, *arrays, [bias], [residual], y)`` of one SparseConv."""
+    knobs = dict(knobs or {})
+    kind = parse_layout(spec.layout).kind
+    vl = simd_lanes(target, knobs)
+    make_inner = dense_inner if "w" in arrays else _INNERS[kind]  # nm may run dense
+    inner = make_inner(arrays, spec.out_features, vl, knobs)
+    # Aligned column runs only pay where every FMA needs its own load (csr, ELL).
+    align = knobs.get("align", None if inner.share == 1 else False)
+    g = conv_geometry(spec.conv, in_shape, spec.out_features, spec.in_features, spec.entry, vl,
+                      align)
+    if kind == "chw-spmm" and not g.direct:
+        c = spec.conv
+        raise CompileError(
+            f"codegen/tvm: SparseConv {spec.entry}: chw-spmm needs a 1x1 conv with stride 1 and "
+            f"no padding, got kernel {tuple(c.kernel_shape)}, strides {tuple(c.strides)}, "
+            f"pads {tuple(c.pads)}")
+    plan = tile_plan(g, inner.lanes, vl)
+    pack = _pack(g, inner, vl, knobs)
+    return _prim_func(spec, g, plan, inner, arrays, vl, _cores(target, knobs), pack)
+
+
+def _pack(g: ConvGeometry, inner: Inner, vl: int, knobs: dict) -> bool:
+    """Copy each tile's columns into an aligned [K, lanes] panel first? A misaligned run loads
+    two cache lines per vector (half speed), so pack when the runs are misaligned (1x1 planes
+    with H*W % lanes != 0, or a Z too narrow to align) and every copied value feeds a few
+    FMAs. Not for kh*kw > 1: the taps of Z overlap, Z stays in L1, and a panel would not."""
+    if knobs.get("pack") is not None:
+        return bool(knobs["pack"])
+    if g.kh * g.kw > 1 or g.aligned or (g.direct and g.p % vl == 0):
+        return False
+    return inner.stored >= PACK_MIN_REUSE * inner.share * g.k  # column loads per packed value
+
+
+def _prim_func(spec, g: ConvGeometry, plan: TilePlan, inner: Inner, arrays, vl: int,
+               cores: int, pack: bool) -> tirx.PrimFunc:
+    """Direct 1x1 without packing: one parallel loop over (image, tile, channel block).
+    Otherwise a serial loop over images, each filling Z (and the shared panels) and then
+    running the parallel loop over (tile, channel block), so one image's Z stays in cache."""
+    n_img, o, p = g.n, g.o, g.p
+    per_image = not g.direct or pack
+    tiles = (1 if per_image else n_img) * plan.count
+    chunks = 1
+    if tiles < TASKS_PER_CORE * cores:
+        chunks = max(1, min(inner.blocks, -(-TASKS_PER_CORE * cores // tiles)))
+    per = -(-inner.blocks // chunks)
+    chunks = -(-inner.blocks // per)
+    panel = max(cls.width for cls in (plan.main, plan.tail) if cls)  # packed panel row stride
+    y_shape = (n_img, o, g.oh, g.ow)
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            x = T.arg("x", T.buffer((n_img, g.c, g.h, g.w), F32))
+            bufs = {name: T.arg(name, T.buffer(a.shape, str(a.dtype)))
+                    for name, a in arrays.items()}
+            bias = T.arg("bias", T.buffer((o,), F32)) if spec.has_bias else None
+            res = T.arg("residual", T.buffer(y_shape, F32)) if spec.has_residual else None
+            y = T.arg("y", T.buffer(y_shape, F32))
+            xf = T.decl_buffer((n_img * g.c * g.h * g.w,), F32, data=x.data)
+            k = _Loops(spec, g, plan, inner, bufs, pack, panel, chunks, per,
+                       yf=T.decl_buffer((n_img * o * p,), F32, data=y.data), bias=bias,
+                       rf=None if res is None else T.decl_buffer((n_img * o * p,), F32,
+                                                                 data=res.data))
+            if g.direct:
+                k.src, k.image, k.coff = xf, g.c * p, (lambda kk: kk * p)
+            else:
+                k.src = T.decl_buffer((g.z_image + z_slack(inner.lanes, vl),), F32)
+                offtab = T.decl_buffer((g.k,), "int32")
+                emit_offsets(g, offtab)
+                k.coff = lambda kk: offtab[kk]
+            if pack and chunks > 1:
+                k.shared = T.decl_buffer((tiles * g.k * panel,), F32)
+            if per_image:
+                with T.serial(n_img) as n:
+                    if not g.direct:
+                        emit_z_fill(g, xf, k.src, n)
+                    k.emit(tiles, n)
+            else:
+                k.emit(tiles, None)
+    return ib.get()
+
+
+@dataclass
+class _Loops:
+    """The parallel loops of one image (or of all images when ``n`` is None): optionally
+    pack every tile into ``shared`` panels, then for each (tile, block of output channels)
+    run the layout's inner loop and store through the epilogue."""
+
+    spec: SparseOpSpec
+    g: ConvGeometry
+    plan: TilePlan
+    inner: Inner
+    bufs: dict
+    pack: bool
+    panel: int
+    chunks: int
+    per: int
+    yf: object = None
+    bias: object = None
+    rf: object = None
+    src: object = None  # X or Z, flat
+    image: int = 0  # elements per image in src
+    coff: Callable = None
+    shared: object = None
+
+    def _base(self, cls: TileClass, n, t):
+        return n * self.image + cls.q0(t)
+
+    def emit(self, tiles: int, n_fixed) -> None:
+        plan, k, panel = self.plan, self.g.k, self.panel
+        if self.shared is not None:  # several tasks share a tile: pack every tile once
+            with T.parallel(tiles) as u:
+                n = n_fixed if n_fixed is not None else T.Bind(u // plan.count)
+                t = T.Bind(u % plan.count)
+                _by_class(plan, t, lambda cls: emit_pack(
+                    self.shared, u * (k * panel), self.src, self._base(cls, n, t), self.coff,
+                    k, cls.width, panel))
+        with T.parallel(tiles * self.chunks) as u:
+            n = n_fixed if n_fixed is not None else T.Bind(u // (plan.count * self.chunks))
+            t = T.Bind(u // self.chunks % plan.count)
+            lo = T.Bind(u % self.chunks * self.per)
+            hi = T.Bind(tirx.min(lo + self.per, self.inner.blocks))
+
+            def tile(cls: TileClass) -> None:
+                store = self._store_fn(cls, n, t)
+                if self.shared is not None:
+                    ctx = TileCtx(self.shared, (u // self.chunks) * (k * panel),
+                                  lambda kk: kk * panel, cls.width, store)
+                elif self.pack:
+                    own = T.decl_buffer((k * panel,), F32)
+                    emit_pack(own, 0, self.src, self._base(cls, n, t), self.coff, k,
+                              cls.width, panel)
+                    ctx = TileCtx(own, 0, lambda kk: kk * panel, cls.width, store)
+                else:
+                    ctx = TileCtx(self.src, self._base(cls, n, t), self.coff, cls.width, store)
+                self.inner.emit(ctx, self.bufs, lo, hi)
+
+            _by_class(plan, t, tile)
+
+    def _store_fn(self, cls: TileClass, n, t):
+        """``store(o, acc, a0)``: Y[n, o, run] = epilogue(acc[a0 + run]) for the tile's runs.
+
+        Runs that are not the whole computed width go through a staging buffer, so the
+        accumulators are only ever accessed as whole vectors (and stay in registers)."""
+        yf, bias, rf, steps = self.yf, self.bias, self.rf, self.spec.epilogue
+        o_total, p = self.g.o, self.g.p
+        whole = len(cls.runs) == 1 and cls.runs[0][0] == 0 and cls.runs[0][2] == cls.width
+        stage = None if whole else T.decl_buffer((cls.width,), F32, scope="local")
+
+        def store(o, acc, a0: int) -> None:
+            src, base = acc, a0
+            if stage is not None:
+                vloop(cls.width, lambda l: T.buffer_store(stage, acc[a0 + l], [l]))
+                src, base = stage, 0
+            for aoff, yoff, width in cls.runs:
+                yb = T.Bind((n * o_total + o) * p + yoff(t))
+
+                def put(l, yb=yb, aoff=aoff):
+                    value = epi.emit(src[base + aoff + l], steps,
+                                     bias=bias[o] if bias is not None else None,
+                                     residual=rf[yb + l] if rf is not None else None)
+                    T.buffer_store(yf, value, [yb + l])
+
+                vloop(width, put)
+
+        return store
+
+
+def _by_class(plan: TilePlan, t, body) -> None:
+    """``body(tile class of t)``, branching on main / tail."""
+    if plan.tail is None:
+        body(plan.main)
+        return
+    with T.If(plan.is_tail(t)):
+        with T.Then():
+            body(plan.tail)
+        with T.Else():
+            body(plan.main)
+
+
+KERNELS = {
+    ("SparseConv", "dense"): KernelDef(_prepare_dense, build),
+    ("SparseConv", "csr"): KernelDef(_prepare_same, build),
+    ("SparseConv", "chw-spmm"): KernelDef(_prepare_same, build),
+    ("SparseConv", "bsr"): KernelDef(_prepare_same, build),
+    ("SparseConv", "nm"): KernelDef(_prepare_nm, build),
+}
