@@ -19,11 +19,12 @@ def _fmt_row(r: dict) -> list[str]:
     nm = f"{r['nm'][0]}:{r['nm'][1]}" if r["nm"] else "-"
     block = (f"{r['block'][0]}x{r['block'][1]} ({r['block_density']:.2f})" if r["block"] else "-")
     zeros = f"{r['zero_rows']}/{r['zero_cols']}" if (r["zero_rows"] or r["zero_cols"]) else "-"
-    return [r["name"], r["op"], "x".join(map(str, r["shape"])), f"{r['density']:.3f}", nm, block,
-            zeros, r["layout"], r["reason"]]
+    return [r["name"], r["op"], r["weight"], "x".join(map(str, r["shape"])), f"{r['density']:.3f}",
+            nm, block, zeros, r["layout"], r["reason"]]
 
 
-HEADER = ["layer", "op", "weight", "density", "N:M", "block (dens.)", "zero r/c", "layout", "why"]
+HEADER = ["layer", "op", "weight", "shape", "density", "N:M", "block (dens.)", "zero r/c",
+          "layout", "why"]
 
 
 def table(model_name: str, plan: Plan, max_reason: int = 60) -> str:

@@ -55,7 +55,10 @@ def test_inspect_reports_planted_patterns(example):
             continue
         got = rows[weight]
         assert got["density"] == pytest.approx(want["density"], abs=0.01), weight
-        assert got["nm"] == want["nm"], weight
+        if want["nm"] is not None:
+            assert got["nm"] == want["nm"], weight
+        elif got["nm"] is not None:  # a loose N:M that random zeros happen to satisfy
+            assert got["nm"][0] / got["nm"][1] > want["density"] + 0.05, weight
         if want["block"] is not None:
             assert got["block"] == want["block"], weight
         assert got["zero_rows"] == want["zero_rows"], weight

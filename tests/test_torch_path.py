@@ -20,8 +20,11 @@ def test_module_matches_torch(name):
     with torch.no_grad():
         want = m(*x).numpy()
     np.testing.assert_allclose(cm(*x), want, rtol=1e-4, atol=1e-4)
-    # PyTorch parameter names reach the report
-    assert {r["weight"] for r in cm.report} & set(m.planted)
+    # PyTorch parameter names reach the report (".T": the exporter stored it transposed)
+    # and name the layers
+    weights = {r["weight"].removesuffix(".T") for r in cm.report}
+    assert set(m.planted) - {w for w in m.planted if ".dw" in w} <= weights
+    assert {r["name"] for r in cm.report} == {w.removesuffix(".weight") for w in weights}
 
 
 def test_pt2_file_and_exported_program(tmp_path):

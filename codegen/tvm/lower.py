@@ -92,6 +92,25 @@ def _n_arrays(node: onnx.NodeProto) -> int:
     return len(node.input) - 1 - ("bias" in steps) - ("residual" in steps)
 
 
+def _normalize_constants(proto: onnx.ModelProto) -> None:
+    """Constant(value_int/ints/float/floats) -> Constant(value=tensor): TVM's importer reads
+    only the ``value`` form (torch.onnx.export without its optimizer emits the others)."""
+    for node in proto.graph.node:
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+            continue
+        for attr in list(node.attribute):
+            if attr.name == "value":
+                continue
+            val = onnx.helper.get_attribute_value(attr)
+            dtype = {"value_int": np.int64, "value_ints": np.int64, "value_float": np.float32,
+                     "value_floats": np.float32}.get(attr.name)
+            if dtype is None:
+                continue
+            node.attribute.remove(attr)
+            node.attribute.append(onnx.helper.make_attribute(
+                "value", numpy_helper.from_array(np.array(val, dtype=dtype))))
+
+
 def _prepare(proto: onnx.ModelProto, target) -> dict[str, tuple[SparseOpSpec, dict]]:
     """Step 1: swap each sparse node's format arrays for its kernel's prepared arrays."""
     inits = {t.name: t for t in proto.graph.initializer}
@@ -232,6 +251,7 @@ def build(model: ir.Model, target, pipeline, extra_outputs: tuple[str, ...] = ()
         for name in extra_outputs:
             if name not in have:
                 proto.graph.output.append(infos.get(name) or onnx.helper.make_empty_tensor_value_info(name))
+    _normalize_constants(proto)
     side = _prepare(proto, target)
     importer = _Importer(side, target)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 17)

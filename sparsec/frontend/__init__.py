@@ -7,6 +7,7 @@ ONNX path / bytes / ``onnx.ModelProto`` / ``onnx_ir.Model`` (``onnx_loader``), o
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,10 @@ class Captured:
 def is_torch_source(source: Any) -> bool:
     if isinstance(source, (str, Path)):
         return str(source).endswith(".pt2")
-    mod = type(source).__module__
-    return mod.startswith("torch")
+    torch = sys.modules.get("torch")  # a torch object implies torch is already imported
+    if torch is None:
+        return False
+    return isinstance(source, (torch.nn.Module, torch.export.ExportedProgram))
 
 
 def load(

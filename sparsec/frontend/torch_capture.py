@@ -84,8 +84,66 @@ def capture(source: Any, example_inputs: tuple | None, input_shapes: dict):
         except Exception as exc:  # noqa: BLE001
             raise CaptureError(f"torch.onnx.export could not convert {name}: "
                                f"{_first_line(exc)}") from None
+    _restore_parameter_names(program.model, ep)
     proto = ir.to_proto(program.model)
     loaded = load_onnx(proto, input_shapes)
     reference = ep.module()
     return Captured(model=loaded.model, name=name, reference=reference, kind="torch",
                     onnx_proto=loaded.onnx_proto)
+
+
+def _restore_parameter_names(model, ep) -> int:
+    """Give folded weights their PyTorch names back.
+
+    The exporter's optimizer folds ``Transpose(fc1.weight)`` into a new constant named
+    ``val_N``; reports should say ``fc1.weight``. An initializer whose name is not a
+    parameter is matched, by shape and value, with a parameter stored as is or transposed
+    (2-D), and renamed ``<param>`` (as is) or ``<param>.T`` (transposed)."""
+    import numpy as np
+
+    params = {k: v.detach().cpu().numpy() for k, v in ep.state_dict.items()}
+    by_shape: dict[tuple, list[str]] = {}
+    for name, arr in params.items():
+        by_shape.setdefault(arr.shape, []).append(name)
+    taken = set(model.graph.initializers)
+    renamed = 0
+    for init in list(model.graph.initializers.values()):
+        if init.name in params or init.const_value is None:
+            continue
+        arr = init.const_value.numpy()
+        found = None
+        for name in by_shape.get(arr.shape, []):
+            if np.array_equal(params[name], arr):
+                found = name
+                break
+        if found is None and arr.ndim == 2:
+            for name in by_shape.get(arr.shape[::-1], []):
+                if np.array_equal(params[name].T, arr):
+                    found = f"{name}.T"
+                    break
+        if found is not None and found not in taken:
+            taken.add(found)
+            init.name = found
+            renamed += 1
+    _name_weight_nodes(model, params)
+    return renamed
+
+
+def _name_weight_nodes(model, params) -> None:
+    """``node_MatMul_31`` -> ``attn.out``: a MatMul/Gemm/Conv reading a parameter is named
+    after the module that owns it, so reports and ``--layout attn.out=csr`` read well."""
+    used = {n.name for n in model.graph}
+    for node in model.graph:
+        if node.op_type not in ("MatMul", "Gemm", "Conv") or len(node.inputs) < 2:
+            continue
+        w = node.inputs[1]
+        if w is None or w.name is None:
+            continue
+        base = w.name.removesuffix(".T")
+        if base not in params:
+            continue
+        owner = base.removesuffix(".weight")
+        if owner and owner not in used:
+            used.discard(node.name)
+            node.name = owner
+            used.add(owner)
