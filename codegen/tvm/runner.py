@@ -27,6 +27,14 @@ def _quiet_stderr():
         os.close(devnull)
 
 
+def configure_threads(num_threads: int | None) -> None:
+    """TVM sizes its thread pool once, from TVM_NUM_THREADS, when it first runs parallel
+    code; unset, it takes half the logical CPUs (1 on a 2-vCPU machine). We ask for every
+    core unless the caller (or the environment) already chose."""
+    if "TVM_NUM_THREADS" not in os.environ:
+        os.environ["TVM_NUM_THREADS"] = str(num_threads or os.cpu_count() or 1)
+
+
 class VmRunner:
     def __init__(self, executable):
         import tvm
@@ -51,7 +59,8 @@ class VmRunner:
         return [o.numpy() for o in out]
 
 
-def load_vm(lib_path: Path) -> VmRunner:
+def load_vm(lib_path: Path, num_threads: int | None = None) -> VmRunner:
+    configure_threads(num_threads)
     import tvm
 
     with _quiet_stderr():
