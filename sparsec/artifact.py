@@ -61,7 +61,8 @@ def write(dest: Path, files: dict[str, Path], manifest: dict[str, Any]) -> Path:
     replaceable = dest.is_dir() and ((dest / MANIFEST).exists() or not any(dest.iterdir()))
     if dest.exists() and not replaceable:
         raise ArtifactError(f"'{dest}' exists and is not a sparsec artifact; refusing to replace it")
-    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=parent))
+    _remove_stale_stages(parent, dest.name)
+    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{os.getpid()}-", dir=parent))
     try:
         manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION, files={})
         for name, src in files.items():
@@ -86,6 +87,28 @@ def write(dest: Path, files: dict[str, Path], manifest: dict[str, Any]) -> Path:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     return dest
+
+
+def _remove_stale_stages(parent: Path, name: str) -> None:
+    """Staging directories of writers that were killed (SIGKILL leaves them behind): the
+    pid in their name no longer runs."""
+    for p in parent.glob(f".{name}.tmp-*-*"):
+        try:
+            pid = int(p.name[len(name) + 6:].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _check_name(name: str) -> None:

@@ -179,11 +179,40 @@ COMMANDS = {"inspect": cmd_inspect, "compile": cmd_compile, "run": cmd_run, "dem
             "targets": cmd_targets}
 
 
+def _one_line_warnings() -> None:
+    """Warnings as ``sparsec: warning: ...`` lines, not Python's two-line source dump."""
+    import warnings
+
+    from sparsec.errors import SparsecWarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, SparsecWarning):
+            print(f"sparsec: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
+    warnings.simplefilter("always", SparsecWarning)
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM unwinds like Ctrl-C, so staging directories are removed on the way out."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if not args.cmd:
         parser().print_help()
         return 2
+    _one_line_warnings()
+    _terminate_as_interrupt()
     try:
         return COMMANDS[args.cmd](args)
     except SparsecError as exc:

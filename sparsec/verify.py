@@ -88,9 +88,15 @@ def compare(name: str, got: np.ndarray, want: np.ndarray, rtol: float, atol: flo
     want = np.asarray(want, np.float64)
     if got.shape != want.shape:
         return OutputCheck(name, float("inf"), float("inf"), False)
-    diff = np.abs(got - want)
-    ok = bool(np.all(diff <= atol + rtol * np.abs(want))) and bool(np.all(np.isfinite(got) == np.isfinite(want)))
-    rel = diff / np.maximum(np.abs(want), 1e-12)
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(got - want)
+    # NaN matches NaN and an infinity matches the same infinity (diff is NaN or 0 there)
+    same_special = (np.isnan(got) & np.isnan(want)) | (np.isinf(want) & (got == want))
+    close = (diff <= atol + rtol * np.abs(want)) | same_special
+    ok = bool(np.all(close))
+    diff = np.where(same_special, 0.0, diff)
+    with np.errstate(invalid="ignore"):
+        rel = diff / np.maximum(np.abs(want), 1e-12)
     finite = np.isfinite(diff)
     return OutputCheck(name, float(diff[finite].max(initial=0.0)), float(rel[finite].max(initial=0.0)), ok)
 
