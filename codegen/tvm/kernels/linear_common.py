@@ -1,0 +1,302 @@
+"""Shared pieces of the SparseLinear kernels: target facts, the PrimFunc frame, X transposition.
+
+Every SparseLinear kernel computes ``Y[r, o] = epilogue(sum_k X[r, k] * W[o, k])``. The kernels
+are written with TVM's IR builder (plain loops, no blocks) so the loop structure is exactly the
+schedule. Two rules keep them correct and fast:
+
+- Every loop starts at 0 (``loop(n)``). TVM 0.27 miscompiles a loop ``for o in range(a, b)``
+  whose body holds another loop with bounds that depend on ``o`` (the inner bounds see ``o - a``).
+- Vector widths come from the target (``vector_lanes``), never from the machine compiling.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import tvm
+from tvm import tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder import tirx as T
+from tvm.target import codegen as _codegen
+
+from sparsec.codegen.tvm.kernels import epilogue as _epilogue
+from sparsec.errors import CompileError
+from sparsec.ops import SparseOpSpec
+
+F32 = "float32"
+ZERO = tirx.const(0.0, F32)
+
+
+# ---------------------------------------------------------------- target facts
+
+
+def _as_target(target) -> tvm.target.Target | None:
+    if target is None or isinstance(target, tvm.target.Target):
+        return target
+    return tvm.target.Target(target)
+
+
+def _has(feature: str, target) -> bool:
+    try:
+        return bool(_codegen.target_has_features(feature, target))
+    except Exception:  # not an LLVM target, or a feature LLVM does not know there
+        return False
+
+
+def vector_lanes(target, knobs: dict | None = None) -> int:
+    """fp32 lanes of the widest SIMD register of ``target`` (AVX-512 16, AVX2 8, NEON/SSE 4).
+
+    ``llvm_get_vector_width`` is not used for x86: in TVM 0.27 it reports 512 bits for any
+    x86 CPU name (haswell, znver3), so the features are asked instead.
+    """
+    if knobs and knobs.get("lanes"):
+        return int(knobs["lanes"])
+    tgt = _as_target(target)
+    if tgt is None:
+        return 8
+    if _has("avx512f", tgt):
+        return 16
+    if _has("avx", tgt):
+        return 8
+    if _has("sse2", tgt) or _has("neon", tgt) or _has("simd128", tgt):
+        return 4
+    triple = str(tgt.attrs.get("mtriple", "") or "")
+    if triple and not triple.startswith(("x86", "i686")):
+        try:
+            bits = int(_codegen.llvm_get_vector_width(tgt))
+        except Exception:
+            bits = -1
+        if bits >= 128:
+            return min(bits // 32, 16)
+    return 4
+
+
+def vector_registers(target) -> int:
+    """Architectural SIMD registers: 32 with AVX-512 and on AArch64, 16 otherwise."""
+    tgt = _as_target(target)
+    if tgt is None:
+        return 16
+    if _has("avx512f", tgt) or _has("neon", tgt):
+        return 32
+    return 16
+
+
+def thread_count(target, knobs: dict | None = None) -> int:
+    """Cores to parallelize for: knobs["threads"], else the target's num-cores, else the host's."""
+    if knobs and knobs.get("threads"):
+        return int(knobs["threads"])
+    tgt = _as_target(target)
+    if tgt is not None:
+        cores = tgt.attrs.get("num-cores")
+        if cores:
+            return int(cores)
+    return max(1, os.cpu_count() or 1)
+
+
+def balanced_splits(costs: np.ndarray, parts: int) -> np.ndarray:
+    """Split points ``s[0..parts]`` (int32, s[0]=0, s[-1]=len) with near-equal cost per range."""
+    n = len(costs)
+    parts = max(1, min(parts, n)) if n else 1
+    cum = np.concatenate([[0], np.cumsum(np.asarray(costs, dtype=np.float64))])
+    targets = np.linspace(0.0, cum[-1], parts + 1)
+    splits = np.searchsorted(cum, targets, side="left").astype(np.int32)
+    splits[0], splits[-1] = 0, n
+    return np.maximum.accumulate(splits).astype(np.int32)
+
+
+def row_tasks(costs: np.ndarray, target, knobs: dict | None = None) -> np.ndarray:
+    """Per-task output-row ranges for a parallel loop: 4 tasks per thread, balanced by cost."""
+    return balanced_splits(costs, 4 * thread_count(target, knobs))
+
+
+# ---------------------------------------------------------------- the PrimFunc frame
+
+
+@dataclass
+class LinearFunc:
+    """The parameters of a SparseLinear PrimFunc while its body is being built.
+
+    Params in order: X [rows, in], the prepared arrays (dict order), bias [out] if the
+    epilogue has "bias", residual [rows, out] if it has "residual", Y [rows, out].
+    """
+
+    spec: SparseOpSpec
+    rows: int
+    k: int
+    o: int
+    X: tirx.Buffer = None
+    arrays: dict[str, tirx.Buffer] = field(default_factory=dict)
+    bias: tirx.Buffer | None = None
+    residual: tirx.Buffer | None = None
+    Y: tirx.Buffer = None
+    func: tirx.PrimFunc | None = None
+
+    def epilogue(self, acc, r, o):
+        """The epilogue of ``spec`` applied to ``acc`` for element (r, o)."""
+        return _epilogue.emit(
+            acc,
+            self.spec.epilogue,
+            bias=self.bias[o] if self.bias is not None else None,
+            residual=self.residual[r, o] if self.residual is not None else None,
+        )
+
+
+class linear_func:  # noqa: N801 - used as a context manager, like T.prim_func
+    """``with linear_func(spec, in_shape, arrays, name) as f: <body>``; then ``f.func``."""
+
+    def __init__(self, spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], name: str):
+        rows, k = check_shape(spec, in_shape)
+        self.f = LinearFunc(spec, rows, k, spec.out_features)
+        self.arrays = arrays
+        self.name = name
+
+    def __enter__(self) -> LinearFunc:
+        f = self.f
+        self._ib = IRBuilder()
+        self._ib.__enter__()
+        self._pf = T.prim_func()
+        self._pf.__enter__()
+        T.func_name(self.name)
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        f.X = T.arg("X", T.buffer((f.rows, f.k), F32))
+        for name, a in self.arrays.items():
+            f.arrays[name] = T.arg(name, T.buffer(tuple(int(d) for d in a.shape), str(a.dtype)))
+        if f.spec.has_bias:
+            f.bias = T.arg("bias", T.buffer((f.o,), F32))
+        if f.spec.has_residual:
+            f.residual = T.arg("residual", T.buffer((f.rows, f.o), F32))
+        f.Y = T.arg("Y", T.buffer((f.rows, f.o), F32))
+        return f
+
+    def __exit__(self, exc_type, exc, tb):
+        self._pf.__exit__(exc_type, exc, tb)
+        self._ib.__exit__(exc_type, exc, tb)
+        if exc_type is None:
+            self.f.func = self._ib.get()
+        return False
+
+
+def check_shape(spec: SparseOpSpec, in_shape) -> tuple[int, int]:
+    """(rows, in) of a static 2-D X whose last dim is ``spec.in_features``; CompileError else."""
+    dims = tuple(in_shape)
+    if len(dims) != 2 or not all(isinstance(d, (int, np.integer)) for d in dims):
+        raise CompileError(
+            f"codegen/tvm: SparseLinear {spec.entry} needs a static 2-D input, got {dims}"
+        )
+    rows, k = int(dims[0]), int(dims[1])
+    if k != spec.in_features or rows < 1:
+        raise CompileError(
+            f"codegen/tvm: SparseLinear {spec.entry} input {dims} does not match "
+            f"in_features {spec.in_features}"
+        )
+    return rows, k
+
+
+# ---------------------------------------------------------------- loops
+
+
+def loop(n, kind: str = "serial"):
+    """A zero-based loop frame (see the module note); ``kind`` serial|parallel|vectorized|unroll."""
+    return getattr(T, kind)(0, n)
+
+
+def bind(expr):
+    """Bind a PrimExpr to a variable (evaluated once); Python ints stay constants."""
+    return expr if isinstance(expr, (int, np.integer)) else T.Bind(expr)
+
+
+def i32(expr):
+    """An index (scalar or vector) as int32, from int8/int16/int32 index arrays."""
+    lanes = tvm.DataType(str(expr.ty)).lanes
+    want = "int32" if lanes == 1 else f"int32x{lanes}"
+    return expr if str(expr.ty) == want else T.Cast(want, expr)
+
+
+def hardware_gather(target, lanes: int) -> bool:
+    """Use AVX-512 vgatherdps: 2x faster here than TVM's per-lane loads (AVX2's gather is not)."""
+    return lanes == 16 and _has("avx512f", _as_target(target))
+
+
+def gather(x, row, cols, lanes: int, hw: bool):
+    """x[row, cols] for an int32 vector ``cols``: a float32 vector of ``lanes``."""
+    if hw:
+        return T.call_llvm_pure_intrin(
+            f"float32x{lanes}",
+            "llvm.x86.avx512.mask.gather.dps.512",
+            T.Broadcast(ZERO, lanes),
+            x.access_ptr("r", offset=row * int(x.shape[1])),
+            cols,
+            T.Broadcast(tirx.const(True, "bool"), lanes),
+            tirx.const(4, "int32"),  # byte scale of the indices
+        )
+    return x[row, cols]  # TVM loads lane by lane
+
+
+# ---------------------------------------------------------------- X transposed for the rows path
+
+
+@dataclass(frozen=True)
+class RowBlocks:
+    """Rows padded to ``padded`` and cut in blocks of ``width`` (the last one may be narrower).
+
+    Block b covers rows [b*width, b*width + widths[b]) and lives in the scratch ``XT`` at
+    offset ``b * width * k``, laid out [k, widths[b]] so its rows are contiguous.
+    """
+
+    rows: int
+    padded: int
+    width: int
+
+    @property
+    def widths(self) -> list[int]:
+        full, rest = divmod(self.padded, self.width)
+        return [self.width] * full + ([rest] if rest else [])
+
+
+def row_blocks(rows: int, lanes: int, block_vectors: int) -> RowBlocks:
+    padded = -(-rows // lanes) * lanes
+    return RowBlocks(rows, padded, min(padded, block_vectors * lanes))
+
+
+def transpose_x(f: LinearFunc, blocks: RowBlocks):
+    """Emit ``XT`` (scratch) = X transposed into row blocks; padding rows are zero."""
+    k, width = f.k, blocks.width
+    xt = T.decl_buffer((blocks.padded * k,), F32, scope="global")
+    full = f.rows // width  # blocks with every row valid
+    kc = 64
+    with loop(-(-k // kc), "parallel") as kb:
+        nk = T.min(kc, k - kb * kc)
+        with loop(full) as b:
+            with loop(width) as r:
+                with loop(nk) as kk:
+                    col = kb * kc + kk
+                    T.buffer_store(xt, f.X[b * width + r, col], [b * width * k + col * width + r])
+        if full < len(blocks.widths):
+            w = blocks.widths[full]
+            valid = f.rows - full * width
+            base = full * width * k
+            with loop(nk) as kk:
+                col = kb * kc + kk
+                with loop(valid) as r:
+                    T.buffer_store(xt, f.X[full * width + r, col], [base + col * w + r])
+                if valid < w:
+                    with T.vectorized(0, w - valid) as r:
+                        T.buffer_store(xt, ZERO, [base + col * w + valid + r])
+    return xt
+
+
+def store_row_lanes(f: LinearFunc, acc, r0, width: int, o, offset: int = 0):
+    """Y[r0 + l, o] = epilogue(acc[offset + l]) for the valid lanes l < width.
+
+    The epilogue runs vectorized over all lanes (padding lanes read a clamped residual row);
+    the stores are scalar, one per valid row, since Y is row-major.
+    """
+    last = f.rows - 1
+    with T.vectorized(0, width) as l:
+        a = offset + l
+        T.buffer_store(acc, f.epilogue(acc[a], T.min(r0 + l, last), o), [a])
+    valid = min(width, f.rows - r0) if isinstance(r0, int) else T.min(width, f.rows - r0)
+    with loop(valid) as l:
+        T.buffer_store(f.Y, acc[offset + l], [r0 + l, o])

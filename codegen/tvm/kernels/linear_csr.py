@@ -1,0 +1,183 @@
+"""CSR SparseLinear: ``Y[r, o] = epilogue(sum_{j in row o} values[j] * X[r, indices[j]])``.
+
+``prepare`` keeps the canonical arrays (values, indices int16/int32, indptr) and adds ``tasks``
+[T+1]: output-row ranges for the parallel loop, balanced by nonzeros (4 per thread).
+
+``build`` picks one of two schedules by the number of rows R (static):
+
+- rows path, R >= 2: X is transposed once into row blocks of 2 vectors (``XT``,
+  scratch, [k, block] per block). For every output row and row block the kernel walks the
+  row's nonzeros: ``acc[:] += values[j] * XT[indices[j], :]`` (vectorized over the rows of the
+  block, two accumulator sets to hide FMA latency), then the epilogue, vectorized, and the
+  stores of the valid rows.
+- nonzero path, R == 1 (GEMV): per output row, the nonzeros in chunks of one vector:
+  ``acc[r, :] += values[j:j+V] * X[r, indices[j:j+V]]`` (a gather), a scalar tail, then a
+  horizontal sum and the epilogue.
+
+Both walks are written once, over callbacks ``entries(o) -> (start, count)`` and
+``term(o, j) -> (value, column)``, so ``linear_nm`` reuses them with its own addressing.
+
+Knobs (all optional): ``path`` "rows" | "nnz" (nnz only up to 16 rows), ``block_vectors``
+(vectors per row block, 2), ``unroll`` (accumulator sets, 2), ``threads``, ``lanes``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm.script.ir_builder import tirx as T
+
+from sparsec.codegen.tvm.kernels import KernelDef
+from sparsec.codegen.tvm.kernels.linear_common import (
+    F32,
+    ZERO,
+    LinearFunc,
+    bind,
+    gather,
+    hardware_gather,
+    i32,
+    linear_func,
+    loop,
+    row_blocks,
+    row_tasks,
+    store_row_lanes,
+    transpose_x,
+    vector_lanes,
+)
+
+
+def use_rows_path(rows: int, lanes: int, knobs: dict) -> bool:
+    """Vectorize over rows (X transposed) or over the nonzeros of a row (gathers)."""
+    path = knobs.get("path")
+    if rows > 16:  # the nonzero path unrolls over rows
+        return True
+    if path in ("rows", "nnz"):
+        return path == "rows"
+    return rows >= 2  # measured: 2 rows padded to a vector beat two gathers per nonzero
+
+
+def emit_rows_path(f: LinearFunc, lanes: int, ntasks: int, task_rows, entries, term, knobs):
+    """The rows schedule (module docstring); ``task_rows(t) -> (first output row, count)``."""
+    blocks = row_blocks(f.rows, lanes, int(knobs.get("block_vectors", 2)))
+    xt = transpose_x(f, blocks)
+    unroll = int(knobs.get("unroll", 2))
+    k = f.k
+
+    def tile(o, r0, w):
+        base = r0 * k
+        acc = T.decl_buffer((unroll * w,), F32, scope="local")
+        with T.vectorized(0, unroll * w) as l:
+            T.buffer_store(acc, ZERO, [l])
+        start, count = entries(o)
+        start, count = bind(start), bind(count)
+
+        def step(j, u):
+            val, col = term(o, j)
+            with T.vectorized(0, w) as l:
+                a = u * w + l
+                T.buffer_store(acc, acc[a] + val * xt[base + i32(col) * w + l], [a])
+
+        with loop(count // unroll) as jj:
+            for u in range(unroll):
+                step(start + jj * unroll + u, u)
+        if unroll > 1:
+            with loop(count % unroll) as jj:
+                step(start + count // unroll * unroll + jj, 0)
+            with T.vectorized(0, w) as l:
+                total = acc[l]
+                for u in range(1, unroll):
+                    total = total + acc[u * w + l]
+                T.buffer_store(acc, total, [l])
+        store_row_lanes(f, acc, r0, w, o)
+
+    widths = blocks.widths
+    nfull = sum(1 for w in widths if w == blocks.width)
+    with loop(ntasks, "parallel") as t:
+        o0, n = task_rows(t)
+        o0, n = bind(o0), bind(n)
+        if nfull:
+            with loop(nfull) as b:
+                with loop(n) as oo:
+                    tile(o0 + oo, b * blocks.width, blocks.width)
+        if nfull < len(widths):
+            with loop(n) as oo:
+                tile(o0 + oo, nfull * blocks.width, widths[-1])
+
+
+def emit_nnz_path(f: LinearFunc, lanes: int, ntasks: int, task_rows, entries, term, hw: bool):
+    """The nonzero schedule (module docstring), for few rows; ``hw``: AVX-512 gathers."""
+    rows, v = f.rows, lanes
+
+    def vec(base):
+        return T.Ramp(base, 1, v)
+
+    with loop(ntasks, "parallel") as t:
+        o0, n = task_rows(t)
+        o0, n = bind(o0), bind(n)
+        with loop(n) as oo:
+            o = bind(o0 + oo)
+            start, count = entries(o)
+            start, count = bind(start), bind(count)
+            acc = T.decl_buffer((rows, v), F32, scope="local")
+            for r in range(rows):
+                T.buffer_store(acc, T.Broadcast(ZERO, v), [r, vec(0)])
+            with loop(count // v) as c:
+                val, col = term(o, vec(start + c * v))
+                col = T.Bind(i32(col))
+                for r in range(rows):
+                    x = gather(f.X, r, col, v, hw)
+                    T.buffer_store(acc, acc[r, vec(0)] + val * x, [r, vec(0)])
+            with loop(count % v) as jj:
+                val, col = term(o, start + count // v * v + jj)
+                for r in range(rows):
+                    T.buffer_store(acc, acc[r, 0] + val * f.X[r, i32(col)], [r, 0])
+            for r in range(rows):
+                T.buffer_store(f.Y, f.epilogue(_hsum(acc, r, v), r, o), [r, o])
+
+
+def _hsum(acc, r, v: int):
+    """Pairwise sum of acc[r, 0:v] (v a power of two or not)."""
+    terms = [acc[r, l] for l in range(v)]
+    while len(terms) > 1:
+        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
+                 for i in range(0, len(terms), 2)]
+    return terms[0]
+
+
+def prepare(spec, arrays, target):
+    """Canonical CSR arrays plus ``tasks``: row ranges balanced by nonzeros."""
+    indptr = np.asarray(arrays["indptr"], np.int32)
+    costs = np.diff(indptr).astype(np.int64) + 4  # a row costs its nonzeros plus a store
+    return {
+        "values": np.asarray(arrays["values"], np.float32),
+        "indices": np.asarray(arrays["indices"]),
+        "indptr": indptr,
+        "tasks": row_tasks(costs, target),
+    }
+
+
+def build(spec, in_shape, arrays, target, knobs=None):
+    knobs = knobs or {}
+    lanes = vector_lanes(target, knobs)
+    ntasks = int(arrays["tasks"].shape[0]) - 1
+    with linear_func(spec, in_shape, arrays, "sparse_linear_csr") as f:
+        values, indices = f.arrays["values"], f.arrays["indices"]
+        indptr, tasks = f.arrays["indptr"], f.arrays["tasks"]
+
+        def task_rows(t):
+            return tasks[t], tasks[t + 1] - tasks[t]
+
+        def entries(o):
+            return indptr[o], indptr[o + 1] - indptr[o]
+
+        def term(o, j):
+            return values[j], indices[j]
+
+        if use_rows_path(f.rows, lanes, knobs):
+            emit_rows_path(f, lanes, ntasks, task_rows, entries, term, knobs)
+        else:
+            emit_nnz_path(f, lanes, ntasks, task_rows, entries, term,
+                          hardware_gather(target, lanes))
+    return f.func
+
+
+KERNELS = {("SparseLinear", "csr"): KernelDef(prepare=prepare, build=build)}

@@ -1,0 +1,268 @@
+"""SparseLinear TIR kernels (dense, csr, bsr, nm) against numpy.
+
+Every case packs a random weight with ``sparsec.formats.pack``, runs the kernel's
+``prepare`` and ``build``, compiles the PrimFunc alone with ``tvm.compile`` and calls it;
+the reference is ``x @ unpack(packed).T`` in float64, then ``sparsec.ops.apply_epilogue``.
+Tolerance: rtol = atol = 1e-4 (fp32 sums of at most a few thousand terms of size ~1).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+
+from sparsec.codegen.tvm.kernels import kernel_for  # noqa: E402
+from sparsec.codegen.tvm.kernels.linear_common import (  # noqa: E402
+    balanced_splits,
+    vector_lanes,
+    vector_registers,
+)
+from sparsec.errors import CompileError  # noqa: E402
+from sparsec.formats import pack, unpack  # noqa: E402
+from sparsec.layouts import parse_layout  # noqa: E402
+from sparsec.ops import SparseOpSpec, apply_epilogue  # noqa: E402
+from sparsec.plan import EpilogueStep  # noqa: E402
+
+TOL = {"rtol": 1e-4, "atol": 1e-4}
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _host_target(level: str | None = None):
+    """A generic x86-64 level the OS really exposes (hypervisors may hide AVX-512)."""
+    flags = _cpu_flags()
+    if level is None:
+        level = "x86-64-v4" if "avx512f" in flags else "x86-64-v3" if "avx2" in flags else "x86-64"
+    return tvm.target.Target({"kind": "llvm", "mcpu": level, "num-cores": 2})
+
+
+HOST = _host_target()
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _weight(layout: str, out: int, inp: int, density: float, rng, zero_rows=(0,)):
+    """A random weight that fits ``layout``: blocks for bsr, at most n of m for nm."""
+    lay = parse_layout(layout)
+    if lay.kind == "bsr":
+        r, c = lay.params
+        keep = rng.random((out // r, inp // c)) < density
+        mask = np.kron(keep, np.ones((r, c), bool))
+    else:
+        mask = rng.random((out, inp)) < density
+    w = rng.standard_normal((out, inp)).astype(np.float32) * mask
+    if lay.kind == "nm":
+        n, m = lay.params
+        groups = w.reshape(out, inp // m, m)
+        order = np.argsort(-np.abs(groups), axis=2, kind="stable")
+        np.put_along_axis(groups, order[:, :, n:], 0.0, axis=2)
+    for r in zero_rows:
+        w[r % out] = 0.0  # an empty output row (a whole block row for bsr)
+    return np.ascontiguousarray(w, np.float32)
+
+
+def _run(layout, w, rows, steps=(), target=HOST, knobs=None, seed=1):
+    """Build, compile and run one kernel; returns (y, reference)."""
+    rng = np.random.default_rng(seed)
+    out, inp = w.shape
+    packed = pack(w, layout)
+    spec = SparseOpSpec("SparseLinear", layout, out, inp, "fc", list(steps), list(packed.arrays))
+    kdef = kernel_for(spec)
+    arrays = kdef.prepare(spec, packed.arrays, target)
+    func = kdef.build(spec, (rows, inp), arrays, target, knobs)
+    assert func.attrs["tirx.is_scheduled"] and func.attrs["tirx.noalias"]
+    ex = tvm.compile(tvm.IRModule({"main": func}), target=target)
+
+    x = rng.standard_normal((rows, inp)).astype(np.float32)
+    bias = rng.standard_normal(out).astype(np.float32) if spec.has_bias else None
+    residual = rng.standard_normal((rows, out)).astype(np.float32) if spec.has_residual else None
+    args = [x, *arrays.values()] + [a for a in (bias, residual) if a is not None]
+    y = tvm.runtime.tensor(np.full((rows, out), np.nan, np.float32))
+    ex["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args], y)
+
+    acc = (x.astype(np.float64) @ unpack(packed).astype(np.float64).T).astype(np.float32)
+    return y.numpy(), apply_epilogue(acc, spec.epilogue, bias, residual)
+
+
+def _check(layout, out, inp, rows, density, steps=(), seed=0, **kw):
+    rng = np.random.default_rng(seed)
+    w = _weight(layout, out, inp, density, rng)
+    y, ref = _run(layout, w, rows, steps, seed=seed + 1, **kw)
+    np.testing.assert_allclose(y, ref, **TOL)
+
+
+S = EpilogueStep
+
+# (layout, out, in) shapes that fit each layout; rows and densities vary per test.
+SHAPES = {
+    "dense": [(1, 1), (29, 37), (40, 64), (33, 100), (20, 48), (130, 300)],
+    "csr": [(1, 1), (29, 37), (40, 64), (33, 100), (20, 48), (130, 300)],
+    "bsr4x4": [(4, 4), (28, 36), (40, 64), (32, 100), (20, 48), (132, 300)],
+    "bsr1x8": [(1, 8), (29, 40), (40, 64), (33, 96), (20, 48), (130, 296)],
+    "bsr8x1": [(8, 1), (32, 37), (40, 64), (32, 100), (24, 48), (128, 300)],
+    "bsr3x5": [(3, 5), (30, 35), (39, 65), (33, 100), (21, 45), (129, 300)],
+    "nm2:4": [(1, 4), (29, 36), (40, 64), (33, 100), (20, 48), (130, 300)],
+    "nm1:4": [(1, 4), (29, 36), (40, 64), (33, 100), (20, 48), (130, 300)],
+    "nm3:8": [(1, 8), (29, 40), (40, 64), (33, 104), (20, 48), (130, 296)],
+}
+LAYOUTS = list(SHAPES)
+# (rows, density) per shape index: batch 1, odd rows, all-zero and fully dense weights, 1000+.
+ROWS_DENSITY = [(1, 1.0), (1, 0.3), (3, 0.2), (17, 0.5), (1003, 0.3), (5, 0.0)]
+
+
+# ---------------------------------------------------------------- shapes, rows, densities
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", range(len(ROWS_DENSITY)))
+def test_matches_numpy(layout, case):
+    out, inp = SHAPES[layout][case]
+    rows, density = ROWS_DENSITY[case]
+    _check(layout, out, inp, rows, density, seed=case)
+
+
+@pytest.mark.parametrize("layout", ["csr", "bsr4x4", "nm2:4", "dense"])
+@pytest.mark.parametrize("rows", [2, 16, 33])
+def test_fully_dense_weight_and_row_blocks(layout, rows):
+    # rows 2 and 16 fill one row block partly / exactly; 33 leaves a tail block.
+    _check(layout, 36, 64, rows, 1.0, seed=rows)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_csr_int32_indices(rows):
+    rng = np.random.default_rng(7)
+    w = _weight("csr", 5, 40_000, 0.002, rng)
+    w[1, 39_999] = 1.5  # a column past int16
+    assert pack(w, "csr").arrays["indices"].dtype == np.int32
+    y, ref = _run("csr", w, rows)
+    np.testing.assert_allclose(y, ref, **TOL)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_bsr_int32_indices(rows):
+    rng = np.random.default_rng(8)
+    w = _weight("bsr2x1", 4, 70_000, 0.003, rng, zero_rows=())
+    w[2:4, 69_999] = 2.0
+    assert pack(w, "bsr2x1").arrays["indices"].dtype == np.int32
+    y, ref = _run("bsr2x1", w, rows)
+    np.testing.assert_allclose(y, ref, **TOL)
+
+
+@pytest.mark.parametrize("layout", ["bsr16x16", "bsr32x1", "bsr1x32"])
+@pytest.mark.parametrize("rows", [1, 5])
+def test_bsr_large_blocks(layout, rows):
+    _check(layout, 2 * 32, 4 * 32, rows, 0.4, seed=rows)
+
+
+@pytest.mark.parametrize("layout,path,rows", [
+    ("csr", "nnz", 3), ("csr", "rows", 1), ("nm2:4", "nnz", 4), ("nm2:4", "rows", 1),
+    ("bsr4x4", "rows", 1),
+])
+def test_forced_paths(layout, path, rows):
+    _check(layout, 40, 64, rows, 0.4, knobs={"path": path}, seed=3)
+
+
+# ---------------------------------------------------------------- epilogues
+
+EPILOGUES = [
+    [S("bias"), S("relu")],
+    [S("clip", -0.5, 0.7)],
+    [S("clip", None, 1.0), S("residual")],
+    [S("gelu")],
+    [S("bias"), S("sigmoid")],
+    [S("bias"), S("gelu"), S("residual")],
+]
+
+
+@pytest.mark.parametrize("layout", ["dense", "csr", "bsr4x4", "bsr8x1", "nm2:4"])
+@pytest.mark.parametrize("steps", EPILOGUES, ids=lambda s: "-".join(x.op for x in s))
+@pytest.mark.parametrize("rows", [1, 6])
+def test_epilogues(layout, steps, rows):
+    _check(layout, 40, 64, rows, 0.5, steps=steps, seed=rows)
+
+
+# ---------------------------------------------------------------- other targets and threads
+
+
+@pytest.mark.skipif("avx2" not in _cpu_flags(), reason="needs an AVX2 host")
+@pytest.mark.parametrize("layout", ["dense", "csr", "bsr4x4", "bsr8x1", "nm2:4"])
+@pytest.mark.parametrize("rows", [1, 9])
+def test_avx2_code(layout, rows):
+    # 8 lanes and 16 registers: other tile sizes, and no AVX-512 gather.
+    _check(layout, 48, 72, rows, 0.4, steps=[S("bias"), S("gelu")],
+           target=_host_target("x86-64-v3"), seed=rows)
+
+
+@pytest.mark.parametrize("layout", ["dense", "csr", "bsr4x4", "nm2:4"])
+def test_two_threads(layout):
+    """The parallel loops really in parallel (TVM's pool is per calling thread)."""
+    errors = []
+
+    def body():
+        try:
+            tvm.get_global_func("runtime.config_threadpool")(-3, 2, ["0", "1"])
+            _check(layout, 128, 256, 37, 0.3, seed=11)
+            _check(layout, 128, 256, 1, 0.3, seed=12)
+        except Exception as exc:  # reported by the main thread
+            errors.append(exc)
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    assert not errors, errors[0]
+
+
+# ---------------------------------------------------------------- small pieces
+
+
+def test_vector_facts_follow_the_target():
+    def lanes(d):
+        return vector_lanes(tvm.target.Target(d))
+
+    assert lanes({"kind": "llvm", "mcpu": "skylake-avx512"}) == 16
+    assert lanes({"kind": "llvm", "mcpu": "znver3"}) == 8
+    assert lanes({"kind": "llvm", "mcpu": "haswell"}) == 8
+    assert lanes({"kind": "llvm", "mtriple": "aarch64-linux-gnu"}) == 4
+    assert vector_registers(tvm.target.Target({"kind": "llvm", "mcpu": "znver3"})) == 16
+    assert vector_lanes(HOST, {"lanes": 4}) == 4
+
+
+def test_balanced_splits():
+    costs = np.array([100, 1, 1, 1, 1, 100, 1, 1], np.int64)
+    s = balanced_splits(costs, 4)
+    assert s[0] == 0 and s[-1] == len(costs) and np.all(np.diff(s) >= 0)
+    assert balanced_splits(np.ones(3), 8).tolist() == [0, 1, 2, 3]
+
+
+def test_prepare_dense_panels():
+    w = np.arange(3 * 5, dtype=np.float32).reshape(3, 5)
+    spec = SparseOpSpec("SparseLinear", "dense", 3, 5, "fc", [], ["w"])
+    panels = kernel_for(spec).prepare(spec, {"w": w}, HOST)["w_panels"]
+    lanes = vector_lanes(HOST)
+    assert panels.shape == (1, 5, lanes)
+    np.testing.assert_array_equal(panels[0, :, :3], w.T)
+    assert not panels[0, :, 3:].any()
+
+
+def test_wrong_input_shape_is_a_compile_error():
+    w = np.ones((4, 8), np.float32)
+    packed = pack(w, "csr")
+    spec = SparseOpSpec("SparseLinear", "csr", 4, 8, "fc", [], list(packed.arrays))
+    kdef = kernel_for(spec)
+    arrays = kdef.prepare(spec, packed.arrays, HOST)
+    with pytest.raises(CompileError, match="fc"):
+        kdef.build(spec, (2, 9), arrays, HOST, None)
