@@ -22,6 +22,9 @@ def _ort(model):
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    # onnxruntime's pool spin-waits after each run and would steal the cores from the
+    # next engine timed in this process; without spinning every engine gets a quiet machine.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 

@@ -5,12 +5,17 @@ kernel executes on what it stores, padding included)::
 
     rows        = the rows the kernel sees: prod(X.shape[:-1]) for MatMul/Gemm (batch*seq),
                   N*OH*OW for Conv (from the value shapes; 1 if unknown)
-    t(dense)    = 2*O*K*rows               / dense_gflops            + overhead_s
-    t(csr)      = 2*nnz*rows               / csr_rate                + overhead_s
-                  csr_rate = csr_batch_gflops if rows >= vector_lanes else csr_gflops
-    t(chw-spmm) = 2*nnz*rows               / chw_spmm_gflops         + overhead_s
-    t(bsrRxC)   = 2*nblocks*R*C*rows       / bsr_gflops              + overhead_s
-    t(nmN:M)    = 2*O*K*(N/M)*rows         / nm_gflops               + overhead_s
+    t(layout)   = max(flops / rate, stored_bytes / bandwidth) + overhead_s
+
+    layout      flops                  rate (rows < lanes | rows >= lanes)    stored_bytes
+    dense       2*O*K*rows             dense_gflops                           4*O*K
+    csr         2*nnz*rows             csr_gflops | csr_batch_gflops          nnz*(4+idx) + 4*(O+1)
+    chw-spmm    2*nnz*rows             chw_spmm_gflops                        as csr
+    bsrRxC      2*nblocks*R*C*rows     bsr_gflops | bsr_batch_gflops          nblocks*(4*R*C+idx)
+    nmN:M       2*O*K*(N/M)*rows       nm_gflops | nm_batch_gflops            O*K*(N/M)*5
+
+``idx`` is 2 bytes (int16 indices) when the column count fits, else 4. At batch 1 most
+layers are bound by streaming the weight, which is where sparsity pays most.
 
 with ``[O, K]`` the weight as ``[out, in]`` (Conv: ``K = C*kh*kw``). Candidates are dense,
 csr, bsr at the analysed block (``stats.block``, which divides the shape by construction),
@@ -76,22 +81,31 @@ def layout_time(layout: Layout, entry: PlanEntry, rows: int, target: TargetSpec,
     ``nblocks`` (bsr) defaults to what ``stats.block_density`` implies for that block."""
     c, s = target.cost, entry.stats
     o, k = s.rows, s.cols
+    batch = rows >= target.vector_lanes
+    idx = 2 if k <= 32767 else 4
     if layout.kind == "dense":
-        flops, rate = 2.0 * o * k * rows, c.dense_gflops
+        flops, rate, stored = 2.0 * o * k * rows, c.dense_gflops, 4.0 * o * k
     elif layout.kind == "csr":
-        rate = c.csr_batch_gflops if rows >= target.vector_lanes else c.csr_gflops
-        flops = 2.0 * s.nnz * rows
+        rate = c.csr_batch_gflops if batch else c.csr_gflops
+        flops, stored = 2.0 * s.nnz * rows, s.nnz * (4.0 + idx) + 4.0 * (o + 1)
     elif layout.kind == "chw-spmm":
         flops, rate = 2.0 * s.nnz * rows, c.chw_spmm_gflops
+        stored = s.nnz * (4.0 + idx) + 4.0 * (o + 1)
     elif layout.kind == "bsr":
         r, cc = layout.params
         if nblocks is None:
             nblocks = round((s.block_density or 0.0) * (o // r) * (k // cc))
-        flops, rate = 2.0 * nblocks * r * cc * rows, c.bsr_gflops
+        flops = 2.0 * nblocks * r * cc * rows
+        rate = c.bsr_batch_gflops if batch else c.bsr_gflops
+        stored = nblocks * (4.0 * r * cc + idx) + 4.0 * (o // r + 1)
     else:  # nm
         n, m = layout.params
-        flops, rate = 2.0 * o * k * (n / m) * rows, c.nm_gflops
-    return flops / (rate * 1e9) + c.overhead_s
+        flops = 2.0 * o * k * (n / m) * rows
+        rate = c.nm_batch_gflops if batch else c.nm_gflops
+        stored = o * k * (n / m) * 5.0
+    compute = flops / (rate * 1e9)
+    memory = stored / (c.bandwidth_gbs * 1e9)
+    return max(compute, memory) + c.overhead_s
 
 
 def candidates(entry: PlanEntry, target: TargetSpec) -> list[Layout]:

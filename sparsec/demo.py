@@ -101,6 +101,9 @@ def main(sparsity: float = 0.9, batch: int = 1) -> int:
         x = np.random.default_rng(1).standard_normal((batch, WIDTH)).astype(np.float32)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        # onnxruntime's pool spin-waits after each run and would steal the cores from the
+        # next engine timed in this process; without spinning each engine gets a quiet machine.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         tm = _torch_mlp(model)
         xt = torch.from_numpy(x)

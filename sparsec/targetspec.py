@@ -14,15 +14,21 @@ class CostConstants:
     """Constants of the layout cost model (``passes/choose_layouts.py`` documents it).
 
     Times are in seconds. ``*_gflops`` are effective rates on the FLOPs a kernel executes
-    (stored values, padding included); ``overhead_s`` is a fixed cost per kernel call.
+    (stored values, padding included); ``bandwidth_gbs`` bounds the time to stream the stored
+    weight (a roofline: the larger of the two wins); ``overhead_s`` is a fixed cost per call.
     """
 
-    dense_gflops: float = 60.0
-    csr_gflops: float = 8.0  # per stored nonzero, batch 1 (gathers dominate)
-    csr_batch_gflops: float = 20.0  # per stored nonzero when batch >= vector width
-    bsr_gflops: float = 30.0  # per stored block element
-    nm_gflops: float = 25.0  # per stored value
-    chw_spmm_gflops: float = 20.0  # 1x1 conv, vectorized over pixels
+    # Rates measured on a 2-core AVX-512 Xeon with benchmarks/kernel_smoke.py (issue 3);
+    # issue 4 calibrates them per machine. "batch" rates apply when rows >= vector lanes.
+    dense_gflops: float = 150.0
+    csr_gflops: float = 10.0  # per stored nonzero, batch 1 (gathers dominate)
+    csr_batch_gflops: float = 60.0
+    bsr_gflops: float = 14.0  # per stored block element
+    bsr_batch_gflops: float = 65.0
+    nm_gflops: float = 7.5  # per stored value
+    nm_batch_gflops: float = 60.0
+    chw_spmm_gflops: float = 100.0  # 1x1 conv, vectorized over pixels
+    bandwidth_gbs: float = 36.0  # streaming the stored weight (dense 4096² GEMV: 1.84 ms)
     overhead_s: float = 2e-6
     min_speedup: float = 1.15  # a sparse layout must beat dense by this factor to be chosen
     min_weight_elems: int = 4096  # smaller layers stay dense
