@@ -27,7 +27,7 @@ def build_mlp(sparsity: float, batch: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     nodes, inits, x = [], [], "x"
     for i in range(DEPTH):
-        w = rng.standard_normal((WIDTH, WIDTH)).astype(np.float32) / np.sqrt(WIDTH)
+        w = (rng.standard_normal((WIDTH, WIDTH)) / np.sqrt(WIDTH)).astype(np.float32)
         w = prune.unstructured(w, sparsity, min_per_row=1) if sparsity > 0 else w
         b = (0.1 * rng.standard_normal(WIDTH)).astype(np.float32)
         inits += [numpy_helper.from_array(w, f"fc{i}.weight"), numpy_helper.from_array(b, f"fc{i}.bias")]
