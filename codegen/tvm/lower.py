@@ -116,6 +116,7 @@ def _prepare(proto: onnx.ModelProto, target) -> dict[str, tuple[SparseOpSpec, di
     inits = {t.name: t for t in proto.graph.initializer}
     side: dict[str, tuple[SparseOpSpec, dict]] = {}
     drop: set[str] = set()
+    added: list[onnx.TensorProto] = []
     for node in proto.graph.node:
         if node.domain != ops.DOMAIN:
             continue
@@ -133,8 +134,8 @@ def _prepare(proto: onnx.ModelProto, target) -> dict[str, tuple[SparseOpSpec, di
         base = spec.array_names[0].rsplit(".", 1)[0] if spec.array_names else node.name
         new_names = []
         for key, arr in prepared.items():
-            name = f"{base}.{key}"
-            proto.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+            name = f"{base}.{key}"  # may reuse a packed array's name: the old one is dropped
+            added.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
             new_names.append(name)
         drop.update(spec.array_names)
         del node.attribute[:]  # read into `spec`; TVM's attr parser rejects empty lists
@@ -143,10 +144,16 @@ def _prepare(proto: onnx.ModelProto, target) -> dict[str, tuple[SparseOpSpec, di
         node.input.extend([x_name, *new_names, *rest])
         spec.array_names = new_names
         side[node.name] = (spec, prepared)
-    used = {i for n in proto.graph.node for i in n.input}
-    keep = [t for t in proto.graph.initializer if t.name not in drop or t.name in used]
+    # Packed arrays are replaced by the prepared ones; a packed array another node still
+    # reads would need both under one name, which never happens (each weight is packed for
+    # exactly one node), so say so loudly rather than guess.
+    replaced = {t.name for t in added}
+    for t in proto.graph.initializer:
+        if t.name in drop and t.name not in replaced and any(t.name in n.input for n in proto.graph.node):
+            raise CompileError(f"codegen/tvm: packed array '{t.name}' is shared between nodes")
+    keep = [t for t in proto.graph.initializer if t.name not in drop]
     del proto.graph.initializer[:]
-    proto.graph.initializer.extend(keep)
+    proto.graph.initializer.extend(keep + added)
     return side
 
 
@@ -209,7 +216,7 @@ class _Importer(tvm_onnx.ONNXGraphImporter):
             args.append(bb.emit(relax.op.reshape(residual, kernel_out))
                         if list(kernel_out) != out_shape else residual)
         try:
-            func = kernel_for(spec).build(spec, kernel_in, prepared, self._target, spec_knobs(spec))
+            func = kernel_for(spec).build(spec, kernel_in, prepared, self._target, None)
         except Exception as exc:
             if isinstance(exc, CompileError):
                 raise
@@ -223,10 +230,6 @@ class _Importer(tvm_onnx.ONNXGraphImporter):
         if list(kernel_out) != out_shape:
             y = bb.emit(relax.op.reshape(y, out_shape))
         return y
-
-
-def spec_knobs(spec: SparseOpSpec) -> dict:
-    return {}
 
 
 def _ident(name: str) -> str:
