@@ -62,3 +62,29 @@ def test_inspect_reports_planted_patterns(example):
         if want["block"] is not None:
             assert got["block"] == want["block"], weight
         assert got["zero_rows"] == want["zero_rows"], weight
+
+
+def test_symbolic_batch_needs_and_takes_a_concrete_shape(tmp_path):
+    import subprocess
+    import sys
+
+    import onnx
+
+    from sparsec.errors import ModelError
+
+    ex = examples.lm_head()
+    m = onnx.ModelProto.FromString(ex.onnx_model.SerializeToString())
+    for vi in (m.graph.input[0], m.graph.output[0]):
+        vi.type.tensor_type.shape.dim[0].dim_param = "batch"
+    with pytest.raises(ModelError, match="--input-shape x=batchx256|--input-shape x=Nx256"):
+        sparsec.compile(m)
+    cm = sparsec.compile(m, input_shapes={"x": (3, 256)})
+    x = np.random.default_rng(0).standard_normal((3, 256)).astype(np.float32)
+    want = verify.onnxruntime_outputs(m, {"x": x})
+    np.testing.assert_allclose(cm(x), next(iter(want.values())), rtol=1e-4, atol=1e-4)
+    path = tmp_path / "dyn.onnx"
+    path.write_bytes(m.SerializeToString())
+    r = subprocess.run([sys.executable, "-m", "sparsec.cli", "compile", str(path), "--input-shape",
+                        "x=3x256", "-o", str(tmp_path / "dyn.sparsec")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert sparsec.load(tmp_path / "dyn.sparsec").inputs[0]["shape"] == [3, 256]
