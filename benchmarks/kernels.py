@@ -1,0 +1,286 @@
+"""Single-layer benchmark: y = x·Wᵀ through sparsec against its peers, in one process.
+
+    python -m benchmarks.kernels [--quick] [--out benchmarks/results] [--deepsparse-python PY]
+
+For every suite point (weight shape, sparsity pattern, density, batch) it builds a one-node
+ONNX MatMul, compiles it with sparsec (layout picked by the cost model, verified against
+onnxruntime), and times, interleaved round by round: sparsec, onnxruntime dense (the same
+ONNX file), torch dense (F.linear), torch CSR (torch.sparse.mm), scipy CSR, and DeepSparse
+1.8 when ``--deepsparse-python`` names a Python that has it (run in that interpreter through
+a subprocess, since it pins an old onnx). It prints a markdown table with each engine's
+median ms, sparsec's speed-up over the best peer, and its fraction of the bound
+
+    bound = max(stored bytes (nonzeros + int16 indices) / copy bandwidth,
+                2·nnz·batch / dense SGEMM rate)
+
+with both rates measured at the start of the run. Results go to ``<out>/kernels.json`` and
+``<out>/kernels.md``, and a plot of speed-up vs density per batch to ``<out>/kernels.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SHAPES = [(4096, 4096), (3072, 768), (768, 3072)]  # [out, in]
+DENSITIES = [0.5, 0.2, 0.1, 0.05]
+BATCHES = [1, 8, 32, 128]
+QUICK = dict(shapes=[(1024, 1024)], densities=[0.5, 0.1], batches=[1, 32])
+
+
+@dataclass
+class Point:
+    shape: tuple[int, int]
+    pattern: str  # unstructured | 2:4 | block4x4 | block16x1
+    density: float
+    batch: int
+    layout: str = ""
+    ms: dict[str, float] = field(default_factory=dict)
+    bound_ms: float = 0.0
+
+    @property
+    def best_peer(self) -> tuple[str, float]:
+        peers = {k: v for k, v in self.ms.items() if k != "sparsec"}
+        k = min(peers, key=peers.get)
+        return k, peers[k]
+
+
+def make_weight(shape, pattern, density, rng) -> np.ndarray:
+    from sparsec.models import prune
+
+    w = rng.standard_normal(shape).astype(np.float32)
+    if pattern == "unstructured":
+        return prune.unstructured(w, 1 - density)
+    if pattern == "2:4":
+        return prune.n_m(w, 2, 4)
+    r, c = {"block4x4": (4, 4), "block16x1": (16, 1)}[pattern]
+    return prune.block(w, r, c, 1 - density)
+
+
+def onnx_matmul(w: np.ndarray, batch: int):
+    from onnx import TensorProto, helper, numpy_helper
+
+    o, k = w.shape
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "layer.weight"], ["y"], name="layer")], "layer",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, o])],
+        [numpy_helper.from_array(np.ascontiguousarray(w.T), "layer.weight")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def median_ms(fn, budget_s: float = 0.4, min_calls: int = 5, max_calls: int = 200) -> float:
+    fn()
+    t = time.perf_counter()
+    fn()
+    one = max(time.perf_counter() - t, 1e-6)
+    n = int(min(max_calls, max(min_calls, budget_s / one)))
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1e3 * float(np.median(times))
+
+
+def interleaved(fns: dict, rounds: int = 3) -> dict[str, float]:
+    per = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            per[k].append(median_ms(fn))
+    return {k: float(np.median(v)) for k, v in per.items()}
+
+
+def measure_rates() -> tuple[float, float]:
+    """(copy bandwidth in GB/s, dense SGEMM GFLOP/s), with onnxruntime on both cores."""
+    a = np.ones(64 << 20 >> 2, np.float32)  # 64 MiB
+    b = np.empty_like(a)
+    copy_s = median_ms(lambda: np.copyto(b, a), budget_s=0.5) / 1e3
+    bandwidth = 2 * a.nbytes / copy_s / 1e9  # read + write
+    n = 2048
+    w = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    sess = ort_session(onnx_matmul(w, n))
+    x = np.ones((n, n), np.float32)
+    gemm_s = median_ms(lambda: sess.run(None, {"x": x}), budget_s=1.0) / 1e3
+    return bandwidth, 2 * n**3 / gemm_s / 1e9
+
+
+def ort_session(model):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+DEEPSPARSE_SCRIPT = r"""
+import json, sys, time, numpy as np
+from deepsparse import Engine
+model, xpath, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+x = np.load(xpath)
+eng = Engine(model=model, batch_size=batch)
+eng([x])
+ts = []
+for _ in range(50):
+    t = time.perf_counter(); eng([x]); ts.append(time.perf_counter() - t)
+print(json.dumps({"ms": 1e3 * float(np.median(ts))}))
+"""
+
+
+def deepsparse_ms(python: str, model, x: np.ndarray) -> float | None:
+    with tempfile.TemporaryDirectory() as d:
+        mp, xp = Path(d) / "m.onnx", Path(d) / "x.npy"
+        mp.write_bytes(model.SerializeToString())
+        np.save(xp, x)
+        r = subprocess.run([python, "-c", DEEPSPARSE_SCRIPT, str(mp), str(xp), str(x.shape[0])],
+                           capture_output=True, text=True, timeout=600)
+        if r.returncode != 0:
+            print(f"deepsparse failed: {r.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+            return None
+        return json.loads(r.stdout.strip().splitlines()[-1])["ms"]
+
+
+def run_point(p: Point, w: np.ndarray, bandwidth: float, gflops: float, deepsparse: str | None):
+    import scipy.sparse
+    import torch
+
+    import sparsec
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((p.batch, w.shape[1])).astype(np.float32)
+    model = onnx_matmul(w, p.batch)
+    cm = sparsec.compile(model)
+    p.layout = cm.report[0]["layout"]
+    sess = ort_session(model)
+    wt, xt = torch.from_numpy(w), torch.from_numpy(x)
+    w_csr_t = wt.to_sparse_csr()
+    w_csr_s = scipy.sparse.csr_matrix(w)
+    xtt = xt.T.contiguous()
+    xs = np.ascontiguousarray(x.T)
+    with torch.no_grad():
+        p.ms = interleaved({
+            "sparsec": lambda: cm(x),
+            "onnxruntime": lambda: sess.run(None, {"x": x}),
+            "torch": lambda: torch.nn.functional.linear(xt, wt),
+            "torch-csr": lambda: torch.sparse.mm(w_csr_t, xtt),
+            "scipy-csr": lambda: w_csr_s @ xs,
+        })
+    if deepsparse:
+        ms = deepsparse_ms(deepsparse, model, x)
+        if ms is not None:
+            p.ms["deepsparse"] = ms
+    nnz = int(np.count_nonzero(w))
+    p.bound_ms = 1e3 * max(nnz * 6 / (bandwidth * 1e9), 2 * nnz * p.batch / (gflops * 1e9))
+
+
+def suite(quick: bool):
+    shapes = QUICK["shapes"] if quick else SHAPES
+    densities = QUICK["densities"] if quick else DENSITIES
+    batches = QUICK["batches"] if quick else BATCHES
+    for shape in shapes:
+        for d in densities:
+            for pattern in ("unstructured", "block4x4", "block16x1"):
+                for b in batches:
+                    yield Point(shape, pattern, d, b)
+        for b in batches:
+            yield Point(shape, "2:4", 0.5, b)
+
+
+def table(points: list[Point]) -> str:
+    engines = ["sparsec", "onnxruntime", "torch", "torch-csr", "scipy-csr"]
+    if any("deepsparse" in p.ms for p in points):
+        engines.append("deepsparse")
+    head = ["W [out,in]", "pattern", "density", "batch", "layout", *engines, "best peer",
+            "speed-up", "bound", "% of bound"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for p in points:
+        peer, peer_ms = p.best_peer
+        cells = [f"{p.shape[0]}x{p.shape[1]}", p.pattern, f"{p.density:g}", str(p.batch), p.layout]
+        cells += [f"{p.ms[e]:.3f}" if e in p.ms else "-" for e in engines]
+        cells += [peer, f"{peer_ms / p.ms['sparsec']:.2f}x", f"{p.bound_ms:.3f}",
+                  f"{100 * p.bound_ms / p.ms['sparsec']:.0f}%"]
+        lines.append("| " + " | ".join(cells) + " |")
+    frac = [p.bound_ms / p.ms["sparsec"] for p in points]
+    wins = sum(p.ms["sparsec"] < p.best_peer[1] for p in points)
+    lines.append("")
+    lines.append(f"sparsec faster than every peer at {wins} of {len(points)} points; "
+                 f"geometric mean {100 * math.exp(np.mean(np.log(frac))):.0f}% of the bound")
+    return "\n".join(lines)
+
+
+def plot(points: list[Point], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batches = sorted({p.batch for p in points})
+    fig, axes = plt.subplots(1, len(batches), figsize=(4 * len(batches), 3.4), sharey=True)
+    for ax, b in zip(np.atleast_1d(axes), batches):
+        for pattern in sorted({p.pattern for p in points}):
+            pts = sorted((p for p in points if p.batch == b and p.pattern == pattern),
+                         key=lambda p: p.density)
+            if pts:
+                ax.plot([p.density for p in pts],
+                        [p.ms["onnxruntime"] / p.ms["sparsec"] for p in pts], "o-", label=pattern)
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_title(f"batch {b}")
+        ax.set_xlabel("density")
+    np.atleast_1d(axes)[0].set_ylabel("speed-up vs onnxruntime dense")
+    np.atleast_1d(axes)[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a small subset (a minute)")
+    ap.add_argument("--out", default="benchmarks/results", help="where results go")
+    ap.add_argument("--deepsparse-python", metavar="PY", help="a python with deepsparse 1.8")
+    ap.add_argument("--no-plot", action="store_true")
+    args = ap.parse_args(argv)
+    from tqdm import tqdm
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bandwidth, gflops = measure_rates()
+    points = list(suite(args.quick))
+    rng = np.random.default_rng(0)
+    weights: dict = {}
+    for p in tqdm(points, desc="kernels", unit="point", file=sys.stderr):
+        key = (p.shape, p.pattern, p.density)
+        if key not in weights:
+            weights.clear()
+            weights[key] = make_weight(p.shape, p.pattern, p.density, rng)
+        run_point(p, weights[key], bandwidth, gflops, args.deepsparse_python)
+    meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(), "copy_bandwidth_gbs": round(bandwidth, 1),
+            "sgemm_gflops": round(gflops, 1), "tvm_threads": os.environ.get("TVM_NUM_THREADS")}
+    (out / "kernels.json").write_text(json.dumps({"meta": meta, "points": [asdict(p) for p in points]},
+                                                 indent=1))
+    text = (f"{meta['date']}, {meta['machine']}, {meta['cores']} cores; copy bandwidth "
+            f"{meta['copy_bandwidth_gbs']} GB/s, dense SGEMM {meta['sgemm_gflops']} GFLOP/s; "
+            "median ms\n\n" + table(points))
+    (out / "kernels.md").write_text(text + "\n")
+    print(text)
+    if not args.no_plot:
+        plot(points, out / "kernels.png")
+        print(f"\nplot: {out / 'kernels.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
