@@ -98,7 +98,7 @@ class CompiledModel:
                 raise RunInputError(
                     f"input '{spec['name']}' has dtype {arr.dtype}, expected {spec['dtype']}"
                 )
-            out.append(np.ascontiguousarray(arr))
+            out.append(np.asarray(arr, order="C"))  # keeps 0-d inputs 0-d
         return out
 
     def run(self, *args: Any, **kwargs: Any) -> list[np.ndarray]:

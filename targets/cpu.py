@@ -98,7 +98,7 @@ class CpuTarget:
             raise ToolchainError(f"apache-tvm is not importable ({exc}); pip install apache-tvm") from None
 
     def check_ops(self, proto) -> None:
-        from sparsec.codegen.tvm.lower import check_supported
+        from sparsec.codegen.tvm.support import check_supported
 
         check_supported(proto)
 

@@ -105,28 +105,18 @@ APPLICABLE: dict[str, list[str]] = {
     "Constant": _names("Constant", "-"),
 }
 
-_SCALAR = ("sparsec bug: CompiledModel._bind (sparsec/runtime.py) passes a 0-d input through "
-           "np.ascontiguousarray, which makes it 1-d; the VM then rejects it")
-_LN = ("TVM's ONNX importer returns 0-d zero placeholders for LayerNormalization's optional "
-       "Mean/InvStdDev outputs (Y matches)")
-_BN = ("TVM's ONNX importer passes ONNX's momentum to topi.batch_norm, which weights the batch "
-       "statistic by it (PyTorch convention): training-mode running stats wrong (Y matches)")
+_LN = ("refused on purpose (UnsupportedOpError): the test reads LayerNormalization's optional "
+       "Mean/InvStdDev outputs, for which TVM's importer returns placeholders")
+_BN = ("refused on purpose (UnsupportedOpError): training_mode=1; TVM's importer also weights "
+       "the running statistics the PyTorch way round")
 _SPLIT = "TVM's relax split refuses zero-size pieces ('split_indices must be sorted')"
 
 KNOWN_FAILURES: dict[str, str] = {
-    **{n: _SCALAR for n in _names("Clip", "- default_max default_min example inbounds "
-                                          "min_greater_than_max outbounds splitbounds")},
-    "test_gemm_default_scalar_bias": _SCALAR,
-    "test_pow_bcast_scalar": _SCALAR,
     **{n: _LN for n in APPLICABLE["LayerNormalization"]},
     "test_batchnorm_epsilon_training_mode": _BN,
     "test_batchnorm_example_training_mode": _BN,
     "test_split_zero_size_splits_opset13": _SPLIT,
     "test_split_zero_size_splits_opset18": _SPLIT,
-    "test_reshape_allowzero_reordered": (
-        "flaky: a zero-element input through the DLPack path of codegen/tvm/runner.py fails "
-        "('not aligned to 64 bytes' / 'Mismatched data.strides') unless numpy's buffer "
-        "happens to fit"),
 }
 
 CASES = [(op, name) for op, names in APPLICABLE.items() for name in names]

@@ -26,10 +26,11 @@ from tvm import relax
 from tvm.relax.frontend.onnx import onnx_frontend as tvm_onnx
 
 from sparsec import ops
-from sparsec.errors import CompileError, UnsupportedOpError
+from sparsec.errors import CompileError
 from sparsec.ops import SparseOpSpec
 from sparsec.plan import ConvAttrs
 from sparsec.codegen.tvm.kernels import kernel_for
+from sparsec.codegen.tvm.support import check_supported
 
 # Float initializers at least this large become runtime parameters (weights.safetensors);
 # smaller ones (scalars, clip bounds) stay constants so TVM can fold them.
@@ -42,28 +43,6 @@ class Built:
     input_names: list[str]
     output_names: list[str]
     params: dict[str, np.ndarray] = field(default_factory=dict)  # in call order
-
-
-def supported_ops() -> set[str]:
-    return set(tvm_onnx._get_convert_map()) | {"Constant"}  # noqa: SLF001 - TVM's own table
-
-
-def check_supported(proto: onnx.ModelProto) -> None:
-    """UnsupportedOpError for the first op neither TVM's importer nor sparsec lowers."""
-    from difflib import get_close_matches
-
-    known = supported_ops()
-    for node in proto.graph.node:
-        if node.domain == ops.DOMAIN:
-            continue
-        if node.domain not in ("", "ai.onnx") or node.op_type not in known:
-            near = get_close_matches(node.op_type, known, n=1)
-            hint = f"; nearest supported op: {near[0]}" if near else ""
-            dom = f"{node.domain}::" if node.domain not in ("", "ai.onnx") else ""
-            raise UnsupportedOpError(
-                f"op {dom}{node.op_type} (node '{node.name}') is not supported on this "
-                f"target{hint}"
-            )
 
 
 def read_spec(node: onnx.NodeProto, n_arrays: int) -> SparseOpSpec:

@@ -60,7 +60,7 @@ class VmRunner:
     def set_params(self, arrays: list[np.ndarray]) -> None:
         import tvm
 
-        self._params = [tvm.runtime.tensor(_aligned(np.ascontiguousarray(a))) for a in arrays]
+        self._params = [tvm.runtime.tensor(_aligned(np.asarray(a, order="C"))) for a in arrays]
 
     def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         import tvm
@@ -68,7 +68,7 @@ class VmRunner:
         # Zero-copy in and out through DLPack (tvm.runtime.tensor copies: ~25 us a call).
         # Kernels may assume 64-byte aligned buffers, so a misaligned input is copied first.
         held = [_aligned(x) for x in inputs]
-        args = [tvm.runtime.from_dlpack(x) for x in held]
+        args = [tvm.runtime.from_dlpack(x) if x.size else tvm.runtime.tensor(x) for x in held]
         out = self._vm["main"](*args, *self._params)
         if isinstance(out, tvm.runtime.Tensor):
             out = [out]

@@ -23,7 +23,7 @@ def test_unsupported_op_names_node_and_nearest():
     m = _model([helper.make_node("Relu", ["x"], ["h"], name="r"),
                 helper.make_node("FancyGemm", ["h"], ["y"], name="mystery", domain="com.acme")],
                [], y_shape=(2, 8), domains=["com.acme"])
-    with pytest.raises(UnsupportedOpError, match=r"com.acme::FancyGemm \(node 'mystery'\).*nearest supported op: Gemm"):
+    with pytest.raises(UnsupportedOpError, match=r"com.acme::FancyGemm \(node 'mystery'\).*nearest supported alternative: Gemm"):
         sparsec.compile(m)
 
 
@@ -82,3 +82,31 @@ def test_run_input_checks():
         cm()
     with pytest.raises(RunInputError, match="given twice"):
         cm(x, x=x)
+
+
+@pytest.mark.parametrize("node,outputs,needle", [
+    (helper.make_node("LayerNormalization", ["x", "s", "b"], ["y", "mean"], name="ln", axis=-1),
+     ["y", "mean"], "Mean / InvStdDev"),
+    (helper.make_node("BiasGelu", ["x", "b"], ["y"], name="bg", domain="com.microsoft"), ["y"],
+     r"com.microsoft::BiasGelu \(node 'bg'\).*Add then Gelu"),
+])
+def test_refusals_name_the_reason(node, outputs, needle):
+    inits = [numpy_helper.from_array(np.ones(8, np.float32), "s"),
+             numpy_helper.from_array(np.zeros(8, np.float32), "b")]
+    outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, [2, 8] if o == "y" else [2, 1])
+            for o in outputs]
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+                          outs, inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17),
+                                            helper.make_opsetid("com.microsoft", 1)], ir_version=8)
+    with pytest.raises(UnsupportedOpError, match=needle):
+        sparsec.compile(m)
+
+
+def test_zero_d_and_empty_inputs():
+    g = helper.make_graph([helper.make_node("Mul", ["x", "s"], ["y"], name="mul")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+                           helper.make_tensor_value_info("s", TensorProto.FLOAT, [])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    cm = sparsec.compile(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
+    np.testing.assert_allclose(cm(np.ones((2, 3), np.float32), np.float32(3.0)), np.full((2, 3), 3.0))
