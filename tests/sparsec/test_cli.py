@@ -104,3 +104,17 @@ def test_run_with_wrong_input(lm_head):
 def test_debug_shows_traceback(lm_head):
     r = sparsec("--debug", "inspect", "missing.onnx")
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_exit_codes_are_distinct_and_documented():
+    import re
+    from pathlib import Path
+
+    from sparsec.errors import ALL_ERRORS
+
+    codes = [e.exit_code for e in ALL_ERRORS]
+    assert len(set(codes)) == len(codes)
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    table = dict(re.findall(r"^\| (\d+) \| ([\w-]+) \|", readme, re.M))
+    for e in ALL_ERRORS:
+        assert table.get(str(e.exit_code)) == e.kind, e.__name__
