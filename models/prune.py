@@ -12,14 +12,24 @@ by position (earlier wins), so the result depends only on the values.
   blocks with the smallest L1 norm.
 - ``zero_rows(w, f)``: zero the ``round(f*out)`` output rows (channels) of smallest L1 norm.
 
-``prune_module`` applies one of these in place to the Linear/Conv2d weights of a torch
-module (torch is imported only when it is called).
+Across layers (global magnitude, one threshold for all the weights given):
+
+- ``global_unstructured(ws, s)``: keep the ``round((1-s)*total)`` largest ``|w|`` of all.
+- ``global_block(ws, r, c, s)``: zero the ``round(s*blocks)`` smallest-L1 ``r x c`` blocks of all.
+
+torch (imported only when these are called):
+
+- ``prune_module`` applies a method in place to the Linear/Conv2d weights of a module, per
+  layer (``scope="layer"``) or across them (``scope="global"``).
+- ``keep_mask`` registers ``torch.nn.utils.prune`` masks (``weight != 0``) so fine-tuning
+  keeps pruned weights at zero; ``torch_masks`` reads the masks of ``torch.nn.utils.prune``
+  and ``torch.ao.pruning``; ``apply_torch_prune`` returns a copy with the masks applied for good.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -120,32 +130,180 @@ METHODS: dict[str, Callable[..., np.ndarray]] = {
 }
 
 
+def _check_global_shapes(ws: Sequence[np.ndarray]) -> list[np.ndarray]:
+    if not ws:
+        raise UsageError("global pruning needs at least one weight")
+    return [as_2d(w) for w in ws]
+
+
+def global_unstructured(ws: Sequence[np.ndarray], sparsity: float) -> list[np.ndarray]:
+    """Keep the ``round((1-sparsity)*total)`` largest ``|w|`` over all of ``ws`` together
+    (ties by position, layers in the order given); each weight comes back in its shape."""
+    _check_fraction("sparsity", sparsity)
+    flat = np.concatenate([w.ravel() for w in _check_global_shapes(ws)])
+    keep = int(round((1.0 - sparsity) * flat.size))
+    mask = np.zeros(flat.size, dtype=bool)
+    mask[_order_desc(np.abs(flat).astype(np.float64))[:keep]] = True
+    return _split_masked(ws, mask)
+
+
+def global_block(ws: Sequence[np.ndarray], r: int, c: int, sparsity: float) -> list[np.ndarray]:
+    """Zero the ``round(sparsity * blocks)`` ``r x c`` blocks of smallest L1 norm over all of
+    ``ws`` together; every weight must tile into ``r x c`` blocks."""
+    _check_fraction("sparsity", sparsity)
+    norms, tiles = [], []
+    for w2 in _check_global_shapes(ws):
+        rows, cols = w2.shape
+        if r < 1 or c < 1 or rows % r or cols % c:
+            raise UsageError(f"global_block: [{rows}, {cols}] does not tile into {r}x{c} blocks")
+        t = w2.reshape(rows // r, r, cols // c, c)
+        tiles.append(t)
+        norms.append(np.abs(t).astype(np.float64).sum(axis=(1, 3)).ravel())
+    allnorms = np.concatenate(norms)
+    keep = allnorms.size - int(round(sparsity * allnorms.size))
+    kept = np.zeros(allnorms.size, dtype=bool)
+    kept[_order_desc(allnorms)[:keep]] = True
+    out, start = [], 0
+    for w, t, n in zip(ws, tiles, norms):
+        k = kept[start:start + n.size].reshape(t.shape[0], 1, t.shape[2], 1)
+        start += n.size
+        out.append(np.where(k, t, 0).astype(t.dtype).reshape(np.shape(w)))
+    return out
+
+
+def _split_masked(ws: Sequence[np.ndarray], mask: np.ndarray) -> list[np.ndarray]:
+    out, start = [], 0
+    for w in ws:
+        w = np.asarray(w)
+        m = mask[start:start + w.size].reshape(w.shape)
+        start += w.size
+        out.append(np.where(m, w, 0).astype(w.dtype))
+    return out
+
+
+GLOBAL_METHODS: dict[str, Callable[..., list[np.ndarray]]] = {
+    "unstructured": global_unstructured,
+    "block": global_block,
+}
+
+
+def _selected(module, include):
+    import torch
+
+    match = include if callable(include) else (lambda name: fnmatch.fnmatchcase(name, include))
+    return [(name, mod) for name, mod in module.named_modules()
+            if isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)) and match(name)]
+
+
 def prune_module(
     module,
     method: str | Callable[..., np.ndarray],
     *args,
     include: str | Callable[[str], bool] = "*",
+    scope: str = "layer",
     **kwargs,
 ) -> list[str]:
     """Prune, in place, the weight of every ``nn.Linear``/``nn.Conv2d`` whose qualified name
     matches ``include`` (an fnmatch glob such as ``"blocks.*.pw"``, or a predicate), with
-    ``method`` (a name in ``METHODS`` or a function of the numpy weight) and its arguments.
-    Returns the names of the pruned modules, in module order.
+    ``method`` and its arguments. Returns the names of the pruned modules, in module order.
 
-    ``prune_module(model, "n_m", 2, 4, include="fc[12]")`` prunes fc1 and fc2 to 2:4."""
+    ``scope="layer"``: each weight on its own; ``method`` is a name in ``METHODS`` or a
+    function of the numpy weight. ``scope="global"``: one magnitude threshold across all
+    the selected weights; ``method`` is ``"unstructured"`` or ``"block"`` (``GLOBAL_METHODS``).
+    A weight under a ``torch.nn.utils.prune`` mask (or a masking parametrization such as
+    ``torch.ao.pruning``'s) is ranked as the module sees it and written to ``weight_orig``
+    (``parametrizations.weight.original``).
+
+    ``prune_module(model, "n_m", 2, 4, include="fc[12]")`` prunes fc1 and fc2 to 2:4;
+    ``prune_module(model, "unstructured", 0.9, scope="global")`` prunes 90% of all weights."""
     import torch
 
-    fn = METHODS.get(method) if isinstance(method, str) else method
+    if scope not in ("layer", "global"):
+        raise UsageError(f"scope must be 'layer' or 'global', got {scope!r}")
+    table = METHODS if scope == "layer" else GLOBAL_METHODS
+    fn = table.get(method) if isinstance(method, str) else (method if scope == "layer" else None)
     if fn is None:
-        raise UsageError(f"unknown pruning method {method!r}; known: {', '.join(METHODS)}")
-    match = include if callable(include) else (lambda name: fnmatch.fnmatchcase(name, include))
-    pruned = []
-    for name, mod in module.named_modules():
-        if not isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)) or not match(name):
-            continue
-        with torch.no_grad():
-            w = mod.weight.detach().cpu().numpy()
-            new = fn(w, *args, **kwargs)
-            mod.weight.copy_(torch.from_numpy(np.ascontiguousarray(new)))
-        pruned.append(name)
-    return pruned
+        raise UsageError(f"unknown {scope} pruning method {method!r}; known: {', '.join(table)}")
+    chosen = _selected(module, include)
+    _refresh_pruned_weights(module)
+    params = [_weight_param(mod) for _, mod in chosen]
+    ws = [mod.weight.detach().cpu().numpy() for _, mod in chosen]  # as the module sees it
+    if scope == "global":
+        new_ws = fn(ws, *args, **kwargs) if ws else []
+    else:
+        new_ws = [fn(w, *args, **kwargs) for w in ws]
+    with torch.no_grad():
+        for p, new in zip(params, new_ws):
+            p.copy_(torch.from_numpy(np.ascontiguousarray(new)))
+    _refresh_pruned_weights(module)
+    return [name for name, _ in chosen]
+
+
+def _weight_param(mod):
+    """The tensor that holds a module's weight: ``weight``, or ``weight_orig`` under a
+    ``torch.nn.utils.prune`` mask, or ``parametrizations.weight.original``."""
+    if hasattr(mod, "weight_orig"):
+        return mod.weight_orig
+    parametrizations = getattr(mod, "parametrizations", None)
+    if parametrizations is not None and "weight" in parametrizations:
+        return parametrizations["weight"].original
+    return mod.weight
+
+
+def _refresh_pruned_weights(module) -> None:
+    """Recompute ``weight = weight_orig * weight_mask`` of masked modules after an edit of
+    ``weight_orig`` (torch does it in the next forward; reading ``.weight`` before would
+    see the old value)."""
+    from torch.nn.utils import prune as torch_prune
+
+    for m in module.modules():
+        for h in m._forward_pre_hooks.values():
+            if isinstance(h, torch_prune.BasePruningMethod):
+                setattr(m, h._tensor_name, h.apply_mask(m))
+
+
+def keep_mask(module, include: str | Callable[[str], bool] = "*") -> list[str]:
+    """Register ``torch.nn.utils.prune.custom_from_mask(weight != 0)`` on every selected
+    Linear/Conv2d, so that training (fine-tuning) keeps the pruned weights at zero.
+    Returns the names of the masked modules. ``apply_torch_prune`` removes the masks."""
+    from torch.nn.utils import prune as torch_prune
+
+    chosen = _selected(module, include)
+    for _, mod in chosen:
+        torch_prune.custom_from_mask(mod, "weight", mod.weight.detach() != 0)
+    return [name for name, _ in chosen]
+
+
+def torch_masks(module) -> dict[str, np.ndarray]:
+    """The masks torch holds for a module's weights, by parameter name (``fc1.weight``):
+    ``torch.nn.utils.prune``'s ``<name>_mask`` buffers and ``torch.ao.pruning``'s
+    ``FakeSparsity`` masks (``parametrizations.<name>[i].mask``), as bool arrays."""
+    from torch.nn.utils import parametrize
+    from torch.nn.utils import prune as torch_prune
+
+    masks: dict[str, np.ndarray] = {}
+    for prefix, m in module.named_modules():
+        dot = f"{prefix}." if prefix else ""
+        for h in m._forward_pre_hooks.values():
+            if isinstance(h, torch_prune.BasePruningMethod):
+                mask = getattr(m, f"{h._tensor_name}_mask")
+                masks[dot + h._tensor_name] = mask.detach().cpu().numpy() != 0
+        if parametrize.is_parametrized(m):
+            for name, plist in m.parametrizations.items():
+                found = [p.mask for p in plist if hasattr(p, "mask")]
+                if found:
+                    combined = np.ones(tuple(found[0].shape), dtype=bool)
+                    for mask in found:
+                        combined &= mask.detach().cpu().numpy() != 0
+                    masks[dot + name] = combined
+    return masks
+
+
+def apply_torch_prune(module):
+    """A copy of ``module`` with every ``torch.nn.utils.prune`` mask made permanent
+    (``weight = weight_orig * weight_mask``) and every ``torch.nn.utils.parametrize``
+    parametrization removed with its value kept (``torch.ao.pruning`` before
+    ``squash_mask``); ``module`` is not touched. ``sparsec.compile`` does the same itself."""
+    from sparsec.frontend.torch_capture import materialize
+
+    return materialize(module)

@@ -1,4 +1,4 @@
-"""The ``sparsec`` command line: inspect, compile, run, demo, targets.
+"""The ``sparsec`` command line: inspect, compile, run, prune, demo, targets.
 
 Errors print one line, ``sparsec: error: ...``, and exit with the error class's code (see
 README "Errors and exit codes"); ``--debug`` shows the traceback instead.
@@ -21,6 +21,7 @@ examples:
   sparsec compile model.onnx -o model.sparsec      compile for this CPU, verify, save
   sparsec compile model.onnx --input-shape x=8x512 --layout fc1=bsr4x4 -o m.sparsec
   sparsec run model.sparsec --input x=x.npy --output y.npz
+  sparsec prune model.onnx --pattern 2:4 -o pruned.onnx      magnitude-prune a dense model
   sparsec demo                                     prune, compile, verify, time vs dense
 """
 
@@ -65,6 +66,20 @@ def parser() -> argparse.ArgumentParser:
                    help="an input as a .npy file (repeatable), or one .npz holding all inputs")
     p.add_argument("--output", metavar="FILE.npz", help="write the outputs to this .npz")
     p.add_argument("--random", action="store_true", help="run on seeded random inputs instead")
+
+    p = sub.add_parser("prune", help="magnitude-prune the weights of a dense ONNX model",
+                       description="Prune every MatMul/Gemm/Conv constant weight (in [out, in] "
+                       "orientation) by magnitude and write a new ONNX file.")
+    p.add_argument("model", help="a dense ONNX file")
+    p.add_argument("--pattern", required=True, metavar="PATTERN",
+                   help="N:M (2:4), unstructured:S (unstructured:0.9), block:RxC:S "
+                   "(block:4x4:0.8) or rows:F (rows:0.25, whole output channels)")
+    p.add_argument("--layers", action="append", default=[], metavar="GLOB",
+                   help="prune only layers whose node or weight name matches (repeatable)")
+    p.add_argument("--global", dest="scope", action="store_const", const="global",
+                   default="layer", help="one magnitude threshold across all selected layers "
+                   "(unstructured and block patterns)")
+    p.add_argument("-o", "--output", required=True, help="ONNX file to write")
 
     p = sub.add_parser("demo", help="prune a built-in model, compile, verify and time it vs dense")
     p.add_argument("--sparsity", type=float, default=0.9, help="fraction of weights pruned (0.9)")
@@ -161,6 +176,21 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_prune(args) -> int:
+    from sparsec import prune_onnx
+
+    results = prune_onnx.prune_file(args.model, args.output, args.pattern, layers=args.layers,
+                                    scope=args.scope)
+    for r in results:
+        print(r.line())
+    done = [r for r in results if not r.skipped]
+    total = sum(r.shape[0] * r.shape[1] for r in done)
+    kept = sum(r.density_after * r.shape[0] * r.shape[1] for r in done)
+    print(f"wrote {args.output}: {len(done)} layer(s) pruned to {args.pattern}, "
+          f"density {kept / max(total, 1):.3f} over them")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from sparsec import demo
 
@@ -175,8 +205,8 @@ def cmd_targets(args) -> int:
     return 0
 
 
-COMMANDS = {"inspect": cmd_inspect, "compile": cmd_compile, "run": cmd_run, "demo": cmd_demo,
-            "targets": cmd_targets}
+COMMANDS = {"inspect": cmd_inspect, "compile": cmd_compile, "run": cmd_run, "prune": cmd_prune,
+            "demo": cmd_demo, "targets": cmd_targets}
 
 
 def _one_line_warnings() -> None:

@@ -25,7 +25,7 @@ _INT_OK = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT8
            onnx.TensorProto.INT16, onnx.TensorProto.BOOL, onnx.TensorProto.UINT8}
 
 
-def _read(source: Any) -> tuple[onnx.ModelProto, str]:
+def read_onnx(source: Any) -> tuple[onnx.ModelProto, str]:
     if isinstance(source, onnx.ModelProto):
         return source, source.graph.name or "model"
     if isinstance(source, ir.Model):
@@ -143,7 +143,7 @@ def _fmt(dims: list | None) -> str:
 def load_onnx(source: Any, input_shapes: dict[str, tuple[int, ...]]):
     from sparsec.frontend import Captured
 
-    proto, name = _read(source)
+    proto, name = read_onnx(source)
     _check(proto, name)
     proto = onnx.ModelProto.FromString(proto.SerializeToString())  # never mutate the caller's
     _concretize(proto, name, input_shapes)

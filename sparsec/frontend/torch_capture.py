@@ -3,6 +3,11 @@
 ``torch.onnx.export(exported_program, dynamo=True)`` keeps PyTorch parameter names on the
 initializers (``fc1.weight``), so reports read like the user's code. Verification later
 compares against the exported program's module (torch), not against onnxruntime.
+
+A module whose weights are computed (``torch.nn.utils.prune`` masks: ``weight = weight_orig *
+weight_mask`` in a pre-hook; ``torch.nn.utils.parametrize`` parametrizations such as the
+``FakeSparsity`` of ``torch.ao.pruning``) is captured from a copy in which those weights are
+plain parameters again (``materialize``), so they are constants with their own names.
 """
 
 from __future__ import annotations
@@ -56,13 +61,71 @@ def _exported_program(source: Any, example_inputs: tuple | None):
             )
         if not isinstance(example_inputs, tuple):
             example_inputs = (example_inputs,)
+        name = type(source).__name__
+        if has_computed_weights(source):
+            source = materialize(source)
         try:
-            return torch.export.export(source.eval(), example_inputs), type(source).__name__
+            return torch.export.export(source.eval(), example_inputs), name
         except Exception as exc:  # noqa: BLE001 - torch.export raises many kinds
             raise CaptureError(
                 f"torch.export could not capture {type(source).__name__}: {_first_line(exc)}"
             ) from None
     raise UsageError(f"cannot compile a {type(source).__name__} from torch")
+
+
+def has_computed_weights(module) -> bool:
+    """True when some submodule carries a ``torch.nn.utils.prune`` mask hook or a
+    ``torch.nn.utils.parametrize`` parametrization."""
+    from torch.nn.utils import parametrize
+    from torch.nn.utils.prune import BasePruningMethod
+
+    return any(
+        parametrize.is_parametrized(m)
+        or any(isinstance(h, BasePruningMethod) for h in m._forward_pre_hooks.values())
+        for m in module.modules()
+    )
+
+
+def materialize(module):
+    """A deep copy of ``module`` whose computed weights are plain parameters again:
+
+    - ``torch.nn.utils.prune``: ``weight_orig * weight_mask -> weight`` (``prune.remove``);
+    - ``torch.nn.utils.parametrize`` (``torch.ao.pruning``'s ``FakeSparsity``, weight norm...):
+      ``parametrizations.weight.original -> weight`` with the parametrized value kept.
+
+    Parameter names come back to ``<module>.weight``. ``module`` itself is not touched."""
+    import copy
+
+    import torch
+    from torch.nn.utils import parametrize
+    from torch.nn.utils import prune as torch_prune
+
+    # A prune hook leaves its last result as a plain, non-leaf attribute (``m.weight``), which
+    # deepcopy refuses; the copy gets a detached clone (prune.remove replaces it anyway).
+    memo: dict[int, object] = {}
+    for m in module.modules():
+        for h in m._forward_pre_hooks.values():
+            if not isinstance(h, torch_prune.BasePruningMethod):
+                continue
+            t = getattr(m, h._tensor_name, None)
+            if isinstance(t, torch.Tensor) and not t.is_leaf:
+                memo[id(t)] = t.detach().clone()
+    out = copy.deepcopy(module, memo)
+    with torch.no_grad():
+        for m in out.modules():
+            hooks = [h for h in m._forward_pre_hooks.values()
+                     if isinstance(h, torch_prune.BasePruningMethod)]
+            for hook in hooks:
+                torch_prune.remove(m, hook._tensor_name)
+            if parametrize.is_parametrized(m):
+                # deepcopy shares the injected Parametrized<Class> with the original, and
+                # removal deletes its property from that class: give the copy its own class.
+                cls = type(m)
+                own = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+                m.__class__ = type(cls.__name__, cls.__bases__, own)
+                for name in list(m.parametrizations.keys()):
+                    parametrize.remove_parametrizations(m, name, leave_parametrized=True)
+    return out
 
 
 def _first_line(exc: Exception) -> str:
