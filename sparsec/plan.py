@@ -113,7 +113,10 @@ class PlanEntry:
             "name": self.node,
             "op": self.op,
             "weight": self.weight,
-            "shape": list(self.source_shape or self.weight_shape),
+            # [out, in] for MatMul/Gemm whatever the stored orientation (DESIGN.md); a conv
+            # keeps its [O, C, kh, kw] (already output-first)
+            "shape": (list(self.source_shape or self.weight_shape) if self.op == "Conv"
+                      else [s.rows, s.cols]),
             "density": round(s.density, 6),
             "nm": list(s.nm) if s.nm else None,
             "block": list(s.block) if s.block else None,
