@@ -22,7 +22,6 @@ import multiprocessing
 import os
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import tvm
@@ -43,16 +42,10 @@ CASES = [
 
 
 def host_target(threads: int) -> tvm.target.Target:
-    """The widest generic x86-64 level the OS exposes (hypervisors may hide AVX-512)."""
-    flags: set[str] = set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    level = "x86-64-v4" if "avx512f" in flags else "x86-64-v3" if "avx2" in flags else "x86-64"
-    return tvm.target.Target({"kind": "llvm", "mcpu": level, "num-cores": threads})
+    """The host as ``sparsec compile`` sees it (``targets/cpu.py``), with ``threads`` cores."""
+    from sparsec.targets.cpu import detect_host
+
+    return tvm.target.Target({"kind": "llvm", "mcpu": detect_host().mcpu, "num-cores": threads})
 
 
 def weight(layout: str, out: int, inp: int, density: float, rng) -> np.ndarray:

@@ -51,10 +51,13 @@ class SelfAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    def __init__(self, hidden: int, inner: int) -> None:
+    """fc1 -> GELU -> fc2. ``approximate="none"`` is BERT's exact (erf) GELU; GPT-2 uses
+    ``"tanh"`` (its "gelu_new")."""
+
+    def __init__(self, hidden: int, inner: int, approximate: str = "none") -> None:
         super().__init__()
         self.fc1 = nn.Linear(hidden, inner)
-        self.act = nn.GELU()  # exact (erf) form, as BERT
+        self.act = nn.GELU(approximate=approximate)
         self.fc2 = nn.Linear(inner, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from sparsec.models.zoo import config, seeded_build
+from sparsec.models.zoo.bert import FeedForward
 
 DEFAULT = {"layers": 12, "hidden": 768, "heads": 12, "ffn": 3072, "vocab": 8192,
            "seq": 128, "past": 128}
@@ -69,24 +70,13 @@ class CausalSelfAttention(nn.Module):
         return self.out(ctx), torch.stack([k, v])
 
 
-class FeedForward(nn.Module):
-    def __init__(self, hidden: int, inner: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(hidden, inner)
-        self.act = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
-        self.fc2 = nn.Linear(inner, hidden)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class DecoderLayer(nn.Module):
     def __init__(self, hidden: int, heads: int, ffn: int) -> None:
         super().__init__()
         self.attn_norm = nn.LayerNorm(hidden, eps=EPS)
         self.attn = CausalSelfAttention(hidden, heads)
         self.ffn_norm = nn.LayerNorm(hidden, eps=EPS)
-        self.ffn = FeedForward(hidden, ffn)
+        self.ffn = FeedForward(hidden, ffn, approximate="tanh")  # GPT-2's "gelu_new"
 
     def forward(self, x: torch.Tensor, past: torch.Tensor | None,
                 mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
