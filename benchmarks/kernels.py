@@ -185,17 +185,22 @@ def run_point(p: Point, w: np.ndarray, bandwidth: float, gflops: float, deepspar
     p.bound_ms = 1e3 * max(nnz * 6 / (bandwidth * 1e9), 2 * nnz * p.batch / (gflops * 1e9))
 
 
-def suite(quick: bool):
-    shapes = QUICK["shapes"] if quick else SHAPES
-    densities = QUICK["densities"] if quick else DENSITIES
-    batches = QUICK["batches"] if quick else BATCHES
+PATTERNS = ["unstructured", "block4x4", "block16x1", "2:4"]
+
+
+def suite(quick: bool, shapes=None, densities=None, batches=None, patterns=None):
+    """The suite points; ``--quick`` picks a small subset, the other arguments filter it."""
+    shapes = shapes or (QUICK["shapes"] if quick else SHAPES)
+    densities = densities or (QUICK["densities"] if quick else DENSITIES)
+    batches = batches or (QUICK["batches"] if quick else BATCHES)
+    patterns = patterns or PATTERNS
     for shape in shapes:
         for d in densities:
-            for pattern in ("unstructured", "block4x4", "block16x1"):
+            for pattern in patterns:
+                if pattern == "2:4" and d != 0.5:
+                    continue  # 2:4 is density 0.5 by definition
                 for b in batches:
                     yield Point(shape, pattern, d, b)
-        for b in batches:
-            yield Point(shape, "2:4", 0.5, b)
 
 
 def table(points: list[Point]) -> str:
@@ -245,19 +250,34 @@ def plot(points: list[Point], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _shape(text: str) -> tuple[int, int]:
+    try:
+        o, i = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected OUTxIN such as 4096x4096, got {text!r}")
+    return o, i
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a small subset (a minute)")
     ap.add_argument("--out", default="benchmarks/results", help="where results go")
     ap.add_argument("--deepsparse-python", metavar="PY", help="a python with deepsparse 1.8")
     ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--shape", action="append", type=_shape, metavar="OUTxIN",
+                    help="only this weight shape (repeatable), e.g. 4096x4096")
+    ap.add_argument("--density", action="append", type=float, help="only this density")
+    ap.add_argument("--batch", action="append", type=int, help="only this batch")
+    ap.add_argument("--pattern", action="append", choices=PATTERNS, help="only this pattern")
     args = ap.parse_args(argv)
     from tqdm import tqdm
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     bandwidth, gflops = measure_rates()
-    points = list(suite(args.quick))
+    points = list(suite(args.quick, args.shape, args.density, args.batch, args.pattern))
+    if not points:
+        ap.error("no suite point matches the filters")
     rng = np.random.default_rng(0)
     weights: dict = {}
     for p in tqdm(points, desc="kernels", unit="point", file=sys.stderr):

@@ -29,11 +29,13 @@ from sparsec.codegen.tvm.kernels.linear_common import (
     LinearFunc,
     balanced_splits,
     bind,
+    chunk_size,
     i32,
     linear_func,
     loop,
     row_blocks,
     store_row_lanes,
+    sum_in_chunks,
     thread_count,
     transpose_x,
     vector_lanes,
@@ -71,11 +73,11 @@ def build(spec, in_shape, arrays, target, knobs=None):
     ntasks = int(arrays["tasks"].shape[0]) - 1
     with linear_func(spec, in_shape, arrays, "sparse_linear_bsr") as f:
         if f.rows > 1 or knobs.get("path") == "rows":
-            _rows_path(f, r, c, lanes, budget, ntasks, knobs)
+            _rows_path(f, r, c, lanes, budget, ntasks, knobs, arrays["indptr"])
         elif along_c(r, c):
-            _one_row_along_c(f, r, c, lanes, budget, ntasks)
+            _one_row_along_c(f, r, c, lanes, budget, ntasks, _chunk(arrays["indptr"], c))
         else:
-            _one_row_along_r(f, r, c, lanes, budget, ntasks)
+            _one_row_along_r(f, r, c, lanes, budget, ntasks, _chunk(arrays["indptr"], c))
     return f.func
 
 
@@ -110,12 +112,14 @@ def _in_groups(total: int, size: int, emit):
         emit(full * size, rest)
 
 
-def _rows_path(f: LinearFunc, r: int, c: int, lanes: int, budget: int, ntasks: int, knobs):
+def _rows_path(f: LinearFunc, r: int, c: int, lanes: int, budget: int, ntasks: int, knobs,
+               f_indptr: np.ndarray):
     nvec = 2 if 2 * r <= budget else 1  # vectors of X rows per block step
     blocks = row_blocks(f.rows, lanes, int(knobs.get("block_vectors", nvec)))
     xt = transpose_x(f, blocks)
     k, indices = f.k, f.arrays["indices"]
     group = max(1, budget // max(1, blocks.width // lanes))
+    chunk = _chunk(f_indptr, c)
 
     def tile(br, start, count, r0, w, i0, ih):
         base = r0 * k
@@ -123,36 +127,51 @@ def _rows_path(f: LinearFunc, r: int, c: int, lanes: int, budget: int, ntasks: i
         sets = max(1, min(c, -(-8 // chains), budget // chains))  # >= 8 independent FMA chains
         size = ih * w
         acc = T.decl_buffer((sets * size,), F32, scope="local")
-        with T.vectorized(0, sets * size) as l:
-            T.buffer_store(acc, ZERO, [l])
-        with loop(count) as qq:
-            q = bind(start + qq)
-            col = bind(i32(indices[q]) * c)
 
-            def step(jj, s):
-                for i in range(ih):
-                    val = _value(f, r, c, q, i0 + i, jj)
-                    with T.vectorized(0, w) as l:
-                        a = s * size + i * w + l
-                        T.buffer_store(acc, acc[a] + val * xt[base + (col + jj) * w + l], [a])
+        def walk(first, n):
+            """acc[0:size] = the sum over blocks first .. first+n-1 (``sets`` chains, folded)."""
+            with T.vectorized(0, sets * size) as l:
+                T.buffer_store(acc, ZERO, [l])
+            with loop(n) as qq:
+                q = bind(first + qq)
+                col = bind(i32(indices[q]) * c)
 
-            if ih * c <= _MAX_UNROLL:
-                for jj in range(c):
-                    step(jj, jj % sets)
-            else:
-                with loop(c // sets) as j2:
-                    for s in range(sets):
-                        step(j2 * sets + s, s)
-                for jj in range(c // sets * sets, c):
-                    step(jj, 0)
-        if sets > 1:
+                def step(jj, s):
+                    for i in range(ih):
+                        val = _value(f, r, c, q, i0 + i, jj)
+                        with T.vectorized(0, w) as l:
+                            a = s * size + i * w + l
+                            T.buffer_store(acc, acc[a] + val * xt[base + (col + jj) * w + l], [a])
+
+                if ih * c <= _MAX_UNROLL:
+                    for jj in range(c):
+                        step(jj, jj % sets)
+                else:
+                    with loop(c // sets) as j2:
+                        for s in range(sets):
+                            step(j2 * sets + s, s)
+                    for jj in range(c // sets * sets, c):
+                        step(jj, 0)
+            if sets > 1:
+                with T.vectorized(0, size) as l:
+                    total = acc[l]
+                    for s in range(1, sets):
+                        total = total + acc[s * size + l]
+                    T.buffer_store(acc, total, [l])
+
+        out = acc
+        if chunk:  # long block rows: partial sums join a total
+            out = T.decl_buffer((size,), F32, scope="local")
             with T.vectorized(0, size) as l:
-                total = acc[l]
-                for s in range(1, sets):
-                    total = total + acc[s * size + l]
-                T.buffer_store(acc, total, [l])
+                T.buffer_store(out, ZERO, [l])
+
+        def fold():
+            with T.vectorized(0, size) as l:
+                T.buffer_store(out, out[l] + acc[l], [l])
+
+        sum_in_chunks(start, count, chunk, walk, fold)
         for i in range(ih):
-            store_row_lanes(f, acc, r0, w, br * r + i0 + i, offset=i * w)
+            store_row_lanes(f, out, r0, w, br * r + i0 + i, offset=i * w)
 
     widths = blocks.widths
     nfull = sum(1 for w in widths if w == blocks.width)
@@ -170,52 +189,89 @@ def _rows_path(f: LinearFunc, r: int, c: int, lanes: int, budget: int, ntasks: i
     _block_rows(f, ntasks, body)
 
 
-def _one_row_along_c(f: LinearFunc, r: int, c: int, lanes: int, budget: int, ntasks: int):
+def _chunk(indptr: np.ndarray, c: int) -> int:
+    """Blocks per partial sum of the longest block row (``sum_in_chunks``), 0 for none."""
+    return chunk_size(int(np.diff(indptr).max(initial=0)), c)
+
+
+def _one_row_along_c(f: LinearFunc, r: int, c: int, lanes: int, budget: int, ntasks: int,
+                     chunk: int):
     """One row of X; per block row, r accumulators of c lanes, summed horizontally."""
     indices = f.arrays["indices"]
     group = max(1, budget // -(-c // lanes))
 
     def rows(br, start, count, i0, ih):
         acc = T.decl_buffer((ih, c), F32, scope="local")
-        with T.unroll(0, ih) as i:
-            with T.vectorized(0, c) as l:
-                T.buffer_store(acc, ZERO, [i, l])
-        with loop(count) as qq:
-            q = bind(start + qq)
-            col = bind(i32(indices[q]) * c)
+
+        def walk(first, n):
             with T.unroll(0, ih) as i:
                 with T.vectorized(0, c) as l:
-                    val = _value(f, r, c, q, i0 + i, l)
-                    T.buffer_store(acc, acc[i, l] + val * f.X[0, col + l], [i, l])
+                    T.buffer_store(acc, ZERO, [i, l])
+            with loop(n) as qq:
+                q = bind(first + qq)
+                col = bind(i32(indices[q]) * c)
+                with T.unroll(0, ih) as i:
+                    with T.vectorized(0, c) as l:
+                        val = _value(f, r, c, q, i0 + i, l)
+                        T.buffer_store(acc, acc[i, l] + val * f.X[0, col + l], [i, l])
+
+        total = acc
+        if chunk:
+            total = T.decl_buffer((ih, c), F32, scope="local")
+            with T.unroll(0, ih) as i:
+                with T.vectorized(0, c) as l:
+                    T.buffer_store(total, ZERO, [i, l])
+
+        def fold():
+            with T.unroll(0, ih) as i:
+                with T.vectorized(0, c) as l:
+                    T.buffer_store(total, total[i, l] + acc[i, l], [i, l])
+
+        sum_in_chunks(start, count, chunk, walk, fold)
         for i in range(ih):
-            total = _pairwise([acc[i, l] for l in range(c)])
             o = br * r + i0 + i
-            T.buffer_store(f.Y, f.epilogue(total, 0, o), [0, o])
+            T.buffer_store(f.Y, f.epilogue(_pairwise([total[i, l] for l in range(c)]), 0, o),
+                           [0, o])
 
     _block_rows(f, ntasks, lambda br, start, count: _in_groups(
         r, group, lambda i0, ih: rows(br, start, count, i0, ih)))
 
 
-def _one_row_along_r(f: LinearFunc, r: int, c: int, lanes: int, budget: int, ntasks: int):
+def _one_row_along_r(f: LinearFunc, r: int, c: int, lanes: int, budget: int, ntasks: int,
+                     chunk: int):
     """One row of X; per block row, the r outputs as vectors, stored contiguously."""
     indices = f.arrays["indices"]
     width = min(r, budget * lanes)
 
     def rows(br, start, count, i0, ih):
         acc = T.decl_buffer((ih,), F32, scope="local")
-        with T.vectorized(0, ih) as l:
-            T.buffer_store(acc, ZERO, [l])
-        with loop(count) as qq:
-            q = bind(start + qq)
-            col = bind(i32(indices[q]) * c)
-            with T.unroll(0, c) as jj:
-                xs = f.X[0, col + jj]
-                with T.vectorized(0, ih) as l:
-                    val = _value(f, r, c, q, i0 + l, jj)
-                    T.buffer_store(acc, acc[l] + val * xs, [l])
+
+        def walk(first, n):
+            with T.vectorized(0, ih) as l:
+                T.buffer_store(acc, ZERO, [l])
+            with loop(n) as qq:
+                q = bind(first + qq)
+                col = bind(i32(indices[q]) * c)
+                with T.unroll(0, c) as jj:
+                    xs = f.X[0, col + jj]
+                    with T.vectorized(0, ih) as l:
+                        val = _value(f, r, c, q, i0 + l, jj)
+                        T.buffer_store(acc, acc[l] + val * xs, [l])
+
+        total = acc
+        if chunk:
+            total = T.decl_buffer((ih,), F32, scope="local")
+            with T.vectorized(0, ih) as l:
+                T.buffer_store(total, ZERO, [l])
+
+        def fold():
+            with T.vectorized(0, ih) as l:
+                T.buffer_store(total, total[l] + acc[l], [l])
+
+        sum_in_chunks(start, count, chunk, walk, fold)
         with T.vectorized(0, ih) as l:
             o = br * r + i0 + l
-            T.buffer_store(f.Y, f.epilogue(acc[l], 0, o), [0, o])
+            T.buffer_store(f.Y, f.epilogue(total[l], 0, o), [0, o])
 
     _block_rows(f, ntasks, lambda br, start, count: _in_groups(
         r, width, lambda i0, ih: rows(br, start, count, i0, ih)))

@@ -32,6 +32,7 @@ from sparsec.codegen.tvm.kernels.linear_common import (
     ZERO,
     LinearFunc,
     bind,
+    chunk_size,
     gather,
     hardware_gather,
     i32,
@@ -40,6 +41,7 @@ from sparsec.codegen.tvm.kernels.linear_common import (
     row_blocks,
     row_tasks,
     store_row_lanes,
+    sum_in_chunks,
     transpose_x,
     vector_lanes,
 )
@@ -55,18 +57,22 @@ def use_rows_path(rows: int, lanes: int, knobs: dict) -> bool:
     return rows >= 2  # measured: 2 rows padded to a vector beat two gathers per nonzero
 
 
-def emit_rows_path(f: LinearFunc, lanes: int, ntasks: int, task_rows, entries, term, knobs):
-    """The rows schedule (module docstring); ``task_rows(t) -> (first output row, count)``."""
+def emit_rows_path(f: LinearFunc, lanes: int, ntasks: int, task_rows, entries, term, knobs,
+                   longest: int = 0):
+    """The rows schedule (module docstring); ``task_rows(t) -> (first output row, count)``.
+
+    ``longest``: entries of the longest row; rows that long are summed in chunks
+    (``sum_in_chunks``)."""
     blocks = row_blocks(f.rows, lanes, int(knobs.get("block_vectors", 2)))
     xt = transpose_x(f, blocks)
     unroll = int(knobs.get("unroll", 2))
     k = f.k
 
+    chunk = int(knobs["chunk"]) if "chunk" in knobs else chunk_size(longest)
+
     def tile(o, r0, w):
         base = r0 * k
         acc = T.decl_buffer((unroll * w,), F32, scope="local")
-        with T.vectorized(0, unroll * w) as l:
-            T.buffer_store(acc, ZERO, [l])
         start, count = entries(o)
         start, count = bind(start), bind(count)
 
@@ -76,18 +82,34 @@ def emit_rows_path(f: LinearFunc, lanes: int, ntasks: int, task_rows, entries, t
                 a = u * w + l
                 T.buffer_store(acc, acc[a] + val * xt[base + i32(col) * w + l], [a])
 
-        with loop(count // unroll) as jj:
-            for u in range(unroll):
-                step(start + jj * unroll + u, u)
-        if unroll > 1:
-            with loop(count % unroll) as jj:
-                step(start + count // unroll * unroll + jj, 0)
+        def walk(first, n):
+            """acc[0:w] = the sum of entries first .. first+n-1 (``unroll`` chains, folded)."""
+            with T.vectorized(0, unroll * w) as l:
+                T.buffer_store(acc, ZERO, [l])
+            with loop(n // unroll) as jj:
+                for u in range(unroll):
+                    step(first + jj * unroll + u, u)
+            if unroll > 1:
+                with loop(n % unroll) as jj:
+                    step(first + n // unroll * unroll + jj, 0)
+                with T.vectorized(0, w) as l:
+                    total = acc[l]
+                    for u in range(1, unroll):
+                        total = total + acc[u * w + l]
+                    T.buffer_store(acc, total, [l])
+
+        total = acc
+        if chunk:  # long rows: partial sums of ``chunk`` entries join a total
+            total = T.decl_buffer((w,), F32, scope="local")
             with T.vectorized(0, w) as l:
-                total = acc[l]
-                for u in range(1, unroll):
-                    total = total + acc[u * w + l]
-                T.buffer_store(acc, total, [l])
-        store_row_lanes(f, acc, r0, w, o)
+                T.buffer_store(total, ZERO, [l])
+
+        def fold():
+            with T.vectorized(0, w) as l:
+                T.buffer_store(total, total[l] + acc[l], [l])
+
+        sum_in_chunks(start, count, chunk, walk, fold)
+        store_row_lanes(f, total, r0, w, o)
 
     widths = blocks.widths
     nfull = sum(1 for w in widths if w == blocks.width)
@@ -173,7 +195,8 @@ def build(spec, in_shape, arrays, target, knobs=None):
             return values[j], indices[j]
 
         if use_rows_path(f.rows, lanes, knobs):
-            emit_rows_path(f, lanes, ntasks, task_rows, entries, term, knobs)
+            emit_rows_path(f, lanes, ntasks, task_rows, entries, term, knobs,
+                           longest=int(np.diff(arrays["indptr"]).max(initial=0)))
         else:
             emit_nnz_path(f, lanes, ntasks, task_rows, entries, term,
                           hardware_gather(target, lanes))

@@ -56,7 +56,8 @@ def build(spec, in_shape, arrays, target, knobs=None):
             return values[o, p], (p // n) * m + i32(indices[o, p])
 
         if use_rows_path(f.rows, lanes, knobs):
-            emit_rows_path(f, lanes, ntasks, task_rows, entries, term, knobs)
+            emit_rows_path(f, lanes, ntasks, task_rows, entries, term, knobs,
+                           longest=per_row)
         else:
             emit_nnz_path(f, lanes, ntasks, task_rows, entries, term,
                           hardware_gather(target, lanes))
