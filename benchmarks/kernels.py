@@ -1,6 +1,7 @@
 """Single-layer benchmark: y = x·Wᵀ through sparsec against its peers, in one process.
 
     python -m benchmarks.kernels [--quick] [--out benchmarks/results] [--deepsparse-python PY]
+                                 [--candidates] [--shape OxI] [--density D] [--batch B] ...
 
 For every suite point (weight shape, sparsity pattern, density, batch) it builds a one-node
 ONNX MatMul, compiles it with sparsec (layout picked by the cost model, verified against
@@ -15,6 +16,11 @@ median ms, sparsec's speed-up over the best peer, and its fraction of the bound
 
 with both rates measured at the start of the run. Results go to ``<out>/kernels.json`` and
 ``<out>/kernels.md``, and a plot of speed-up vs density per batch to ``<out>/kernels.png``.
+
+``--candidates`` also times every layout the cost model considered at each point (forced,
+same rounds) and records the model's inputs: ``benchmarks/calibrate.py`` fits the cost
+model to that file, and the committed copy (``benchmarks/recorded/``) is what
+``tests/passes/test_cost_model.py`` checks the model's decisions against.
 """
 
 from __future__ import annotations
@@ -48,6 +54,10 @@ class Point:
     layout: str = ""
     ms: dict[str, float] = field(default_factory=dict)
     bound_ms: float = 0.0
+    # The cost model's inputs and every candidate layout's measured time (forced), for
+    # calibrating the model (benchmarks/calibrate.py) and testing its decisions.
+    stats: dict = field(default_factory=dict)
+    candidates_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def best_peer(self) -> tuple[str, float]:
@@ -80,11 +90,15 @@ def onnx_matmul(w: np.ndarray, batch: int):
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-def median_ms(fn, budget_s: float = 0.4, min_calls: int = 5, max_calls: int = 200) -> float:
+def median_ms(fn, budget_s: float = 0.12, min_calls: int = 3, max_calls: int = 200) -> float:
     fn()
     t = time.perf_counter()
     fn()
     one = max(time.perf_counter() - t, 1e-6)
+    if one > budget_s:  # a slow engine (scipy at batch 128: 0.2 s a call): two samples
+        t = time.perf_counter()
+        fn()
+        return 1e3 * float(np.median([one, time.perf_counter() - t]))
     n = int(min(max_calls, max(min_calls, budget_s / one)))
     times = []
     for _ in range(n):
@@ -152,31 +166,49 @@ def deepsparse_ms(python: str, model, x: np.ndarray) -> float | None:
         return json.loads(r.stdout.strip().splitlines()[-1])["ms"]
 
 
-def run_point(p: Point, w: np.ndarray, bandwidth: float, gflops: float, deepsparse: str | None):
+def run_point(p: Point, w: np.ndarray, bandwidth: float, gflops: float, deepsparse: str | None,
+              candidates: bool = False):
     import scipy.sparse
     import torch
 
     import sparsec
+    from sparsec.passes.choose_layouts import candidates as layout_candidates
+    from sparsec.targets import registry
 
     rng = np.random.default_rng(1)
     x = rng.standard_normal((p.batch, w.shape[1])).astype(np.float32)
     model = onnx_matmul(w, p.batch)
-    cm = sparsec.compile(model)
+    cm = sparsec.compile(model)  # chosen by the cost model, verified against onnxruntime
     p.layout = cm.report[0]["layout"]
+    fns = {"sparsec": lambda: cm(x)}
+    if candidates:
+        from sparsec.plan import Plan
+
+        entry = Plan.from_dict(cm.manifest["plan"]).entries[0]
+        p.stats = asdict(entry.stats)
+        spec = registry.get("cpu").spec
+        for lay in layout_candidates(entry, spec):
+            if lay.name != p.layout:
+                alt = sparsec.compile(model, layouts={"*": lay.name}, verify=False)
+                fns[f"sparsec:{lay.name}"] = lambda alt=alt: alt(x)
     sess = ort_session(model)
     wt, xt = torch.from_numpy(w), torch.from_numpy(x)
     w_csr_t = wt.to_sparse_csr()
     w_csr_s = scipy.sparse.csr_matrix(w)
     xtt = xt.T.contiguous()
     xs = np.ascontiguousarray(x.T)
+    fns.update({
+        "onnxruntime": lambda: sess.run(None, {"x": x}),
+        "torch": lambda: torch.nn.functional.linear(xt, wt),
+        "torch-csr": lambda: torch.sparse.mm(w_csr_t, xtt),
+        "scipy-csr": lambda: w_csr_s @ xs,
+    })
     with torch.no_grad():
-        p.ms = interleaved({
-            "sparsec": lambda: cm(x),
-            "onnxruntime": lambda: sess.run(None, {"x": x}),
-            "torch": lambda: torch.nn.functional.linear(xt, wt),
-            "torch-csr": lambda: torch.sparse.mm(w_csr_t, xtt),
-            "scipy-csr": lambda: w_csr_s @ xs,
-        })
+        ms = interleaved(fns)
+    p.candidates_ms = {k.split(":", 1)[1]: v for k, v in ms.items() if k.startswith("sparsec:")}
+    if candidates:
+        p.candidates_ms[p.layout] = ms["sparsec"]
+    p.ms = {k: v for k, v in ms.items() if not k.startswith("sparsec:")}
     if deepsparse:
         ms = deepsparse_ms(deepsparse, model, x)
         if ms is not None:
@@ -250,6 +282,16 @@ def plot(points: list[Point], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _shape(text: str) -> tuple[int, int]:
     try:
         o, i = (int(v) for v in text.lower().split("x"))
@@ -269,6 +311,9 @@ def main(argv=None) -> int:
     ap.add_argument("--density", action="append", type=float, help="only this density")
     ap.add_argument("--batch", action="append", type=int, help="only this batch")
     ap.add_argument("--pattern", action="append", choices=PATTERNS, help="only this pattern")
+    ap.add_argument("--candidates", action="store_true",
+                    help="also time every candidate layout, forced (the input of "
+                         "benchmarks/calibrate.py; about twice as long)")
     args = ap.parse_args(argv)
     from tqdm import tqdm
 
@@ -285,8 +330,11 @@ def main(argv=None) -> int:
         if key not in weights:
             weights.clear()
             weights[key] = make_weight(p.shape, p.pattern, p.density, rng)
-        run_point(p, weights[key], bandwidth, gflops, args.deepsparse_python)
-    meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
+        run_point(p, weights[key], bandwidth, gflops, args.deepsparse_python, args.candidates)
+    from sparsec.targets import cpu
+
+    meta = {"date": time.strftime("%Y-%m-%d"), "machine": cpu_name(),
+            "isa": cpu.isa(cpu.detect_host()),
             "cores": os.cpu_count(), "copy_bandwidth_gbs": round(bandwidth, 1),
             "sgemm_gflops": round(gflops, 1), "tvm_threads": os.environ.get("TVM_NUM_THREADS")}
     (out / "kernels.json").write_text(json.dumps({"meta": meta, "points": [asdict(p) for p in points]},

@@ -7,15 +7,20 @@ kernel executes on what it stores, padding included)::
                   N*OH*OW for Conv (from the value shapes; 1 if unknown)
     t(layout)   = max(flops / rate, stored_bytes / bandwidth) + overhead_s
 
-    layout      flops                  rate (rows < lanes | rows >= lanes)    stored_bytes
+    layout      flops                  rate (rows == 1 | 2..lanes | more)     stored_bytes
     dense       2*O*K*rows             dense_gflops                           4*O*K
-    csr         2*nnz*rows             csr_gflops | csr_batch_gflops          nnz*(4+idx) + 4*(O+1)
+    csr         2*nnz*prows            csr_gflops | csr_batch | csr_wide      nnz*(4+idx) + 4*(O+1)
     chw-spmm    2*nnz*rows             chw_spmm_gflops                        as csr
-    bsrRxC      2*nblocks*R*C*rows     bsr_gflops | bsr_batch_gflops          nblocks*(4*R*C+idx)
-    nmN:M       2*O*K*(N/M)*rows       nm_gflops | nm_batch_gflops            O*K*(N/M)*5
+    bsrRxC      2*nblocks*R*C*prows    bsr_gflops | bsr_batch | bsr_wide      nblocks*(4*R*C+idx)
+    nmN:M       2*O*K*(N/M)*prows      nm_gflops | nm_batch | nm_wide         O*K*(N/M)*5
 
-``idx`` is 2 bytes (int16 indices) when the column count fits, else 4. At batch 1 most
-layers are bound by streaming the weight, which is where sparsity pays most.
+``idx`` is 2 bytes (int16 indices) when the column count fits, else 4. The two regimes are
+the kernels' two paths: one row (vectorized along the weight) and several rows (X
+transposed, vectorized over rows, which are padded to a multiple of the vector lanes:
+``prows``) and in blocks of 2 vectors of rows, each block streaming the weight once
+(``_weight_passes``: ``stored_bytes`` counts once per pass). At batch 1 most layers are bound
+by streaming the weight, which is where sparsity pays most. The rates and the bandwidth are calibrated per instruction set from
+``benchmarks.kernels`` measurements (``benchmarks/calibrate.py``, ``targets/calibration``).
 
 with ``[O, K]`` the weight as ``[out, in]`` (Conv: ``K = C*kh*kw``). Candidates are dense,
 csr, bsr at the analysed block (``stats.block``, which divides the shape by construction),
@@ -81,13 +86,16 @@ def layout_time(layout: Layout, entry: PlanEntry, rows: int, target: TargetSpec,
     ``nblocks`` (bsr) defaults to what ``stats.block_density`` implies for that block."""
     c, s = target.cost, entry.stats
     o, k = s.rows, s.cols
-    batch = rows >= target.vector_lanes
+    batch = rows >= 2
+    lanes = max(1, target.vector_lanes)
+    wide = rows > lanes
+    prows = -(-rows // lanes) * lanes if batch else 1  # rows as the rows path pads them
     idx = 2 if k <= 32767 else 4
     if layout.kind == "dense":
         flops, rate, stored = 2.0 * o * k * rows, c.dense_gflops, 4.0 * o * k
     elif layout.kind == "csr":
-        rate = c.csr_batch_gflops if batch else c.csr_gflops
-        flops, stored = 2.0 * s.nnz * rows, s.nnz * (4.0 + idx) + 4.0 * (o + 1)
+        rate = c.csr_wide_gflops if wide else c.csr_batch_gflops if batch else c.csr_gflops
+        flops, stored = 2.0 * s.nnz * prows, s.nnz * (4.0 + idx) + 4.0 * (o + 1)
     elif layout.kind == "chw-spmm":
         flops, rate = 2.0 * s.nnz * rows, c.chw_spmm_gflops
         stored = s.nnz * (4.0 + idx) + 4.0 * (o + 1)
@@ -95,17 +103,36 @@ def layout_time(layout: Layout, entry: PlanEntry, rows: int, target: TargetSpec,
         r, cc = layout.params
         if nblocks is None:
             nblocks = round((s.block_density or 0.0) * (o // r) * (k // cc))
-        flops = 2.0 * nblocks * r * cc * rows
-        rate = c.bsr_batch_gflops if batch else c.bsr_gflops
+        flops = 2.0 * nblocks * r * cc * prows
+        rate = c.bsr_wide_gflops if wide else c.bsr_batch_gflops if batch else c.bsr_gflops
+        if wide and _bsr_vectors(r, lanes) == 1:
+            rate /= 2  # one vector of rows per block row: a value broadcast per FMA, not per 2
         stored = nblocks * (4.0 * r * cc + idx) + 4.0 * (o // r + 1)
     else:  # nm
         n, m = layout.params
-        flops = 2.0 * o * k * (n / m) * rows
-        rate = c.nm_batch_gflops if batch else c.nm_gflops
+        flops = 2.0 * o * k * (n / m) * prows
+        rate = c.nm_wide_gflops if wide else c.nm_batch_gflops if batch else c.nm_gflops
         stored = o * k * (n / m) * 5.0
     compute = flops / (rate * 1e9)
-    memory = stored / (c.bandwidth_gbs * 1e9)
+    memory = stored * _weight_passes(layout, rows, lanes) / (c.bandwidth_gbs * 1e9)
     return max(compute, memory) + c.overhead_s
+
+
+def _weight_passes(layout: Layout, rows: int, lanes: int) -> int:
+    """How many times a kernel streams the stored weight: the rows path of csr/nm/bsr walks
+    it once per block of rows (2 vectors wide; 1 for bsr blocks too tall to keep 2 vectors
+    of every block row in the registers: 2r > registers - 4)."""
+    if rows < 2 or layout.kind in ("dense", "chw-spmm"):
+        return 1
+    vectors = _bsr_vectors(layout.params[0], lanes) if layout.kind == "bsr" else 2
+    return -(-rows // (vectors * lanes))
+
+
+def _bsr_vectors(r: int, lanes: int) -> int:
+    """Vectors of X rows the bsr rows path keeps per block row (its ``nvec``): 2 unless the
+    block is too tall for 2 vectors of accumulators per row (2r > registers - 4)."""
+    budget = (32 if lanes >= 16 else 16) - 4
+    return 2 if 2 * r <= budget else 1
 
 
 def candidates(entry: PlanEntry, target: TargetSpec) -> list[Layout]:
@@ -168,25 +195,31 @@ def choose(entry: PlanEntry, wop: WeightOp, options: CompileOptions,
         entry.estimated_speedup = times["dense"] / layout_time(layout, entry, rows, target,
                                                                nblocks)
         return
-    entry.forced, entry.layout, entry.estimated_speedup = False, "dense", 1.0
+    entry.forced = False
+    entry.layout, entry.estimated_speedup, entry.reason = decide(entry, times, target)
+
+
+def decide(entry: PlanEntry, times: dict[str, float], target: TargetSpec
+           ) -> tuple[str, float, str]:
+    """(layout, estimated speed-up over dense, reason) for an op that is not forced, from
+    ``estimate_times``: the fastest sparse candidate when it beats dense by
+    ``min_speedup``, else dense."""
+    s = entry.stats
     sparse = {name: t for name, t in times.items() if name != "dense"}
     if s.nonfinite:
-        entry.reason = f"dense: weight holds {s.nonfinite} NaN/Inf values"
-    elif s.rows * s.cols < target.cost.min_weight_elems:
-        entry.reason = (f"dense: {s.rows * s.cols} weights, below the "
-                        f"{target.cost.min_weight_elems} minimum")
-    elif not sparse:
-        entry.reason = f"dense: target {target.name} runs no fitting sparse layout"
-    else:
-        best = min(sparse, key=sparse.__getitem__)
-        speedup = times["dense"] / sparse[best]
-        if speedup >= target.cost.min_speedup:
-            entry.layout, entry.estimated_speedup = best, speedup
-            entry.reason = (f"{best}: est. {speedup:.1f}x faster than dense "
-                            f"(density {s.density:.2f})")
-        else:
-            entry.reason = (f"dense: density {s.density:.2f} above break-even "
-                            f"(best {best} est. {speedup:.2f}x)")
+        return "dense", 1.0, f"dense: weight holds {s.nonfinite} NaN/Inf values"
+    if s.rows * s.cols < target.cost.min_weight_elems:
+        return "dense", 1.0, (f"dense: {s.rows * s.cols} weights, below the "
+                              f"{target.cost.min_weight_elems} minimum")
+    if not sparse:
+        return "dense", 1.0, f"dense: target {target.name} runs no fitting sparse layout"
+    best = min(sparse, key=sparse.__getitem__)
+    speedup = times["dense"] / sparse[best]
+    if speedup >= target.cost.min_speedup:
+        return best, speedup, (f"{best}: est. {speedup:.1f}x faster than dense "
+                               f"(density {s.density:.2f})")
+    return "dense", 1.0, (f"dense: density {s.density:.2f} above break-even "
+                          f"(best {best} est. {speedup:.2f}x)")
 
 
 class ChooseLayoutsPass(SparsecPass):

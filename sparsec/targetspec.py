@@ -19,7 +19,8 @@ class CostConstants:
     """
 
     # Rates measured on a 2-core AVX-512 Xeon with benchmarks/kernel_smoke.py (issue 3);
-    # issue 4 calibrates them per machine. "batch" rates apply when rows >= vector lanes.
+    # targets/calibration/ holds the constants fitted per instruction set (issue 4).
+    # "batch" rates apply from 2 rows up to the vector lanes, "wide" rates beyond.
     dense_gflops: float = 150.0
     csr_gflops: float = 10.0  # per stored nonzero, batch 1 (gathers dominate)
     csr_batch_gflops: float = 60.0
@@ -27,6 +28,11 @@ class CostConstants:
     bsr_batch_gflops: float = 65.0
     nm_gflops: float = 7.5  # per stored value
     nm_batch_gflops: float = 60.0
+    # Rows above one vector of lanes (the rows path runs 2-vector blocks, full ones): the
+    # kernels' balance shifts there (measured: bsr wins at 8 rows, csr at 32 and 128).
+    csr_wide_gflops: float = 60.0
+    bsr_wide_gflops: float = 65.0
+    nm_wide_gflops: float = 60.0
     chw_spmm_gflops: float = 100.0  # 1x1 conv, vectorized over pixels
     bandwidth_gbs: float = 36.0  # streaming the stored weight (dense 4096² GEMV: 1.84 ms)
     overhead_s: float = 2e-6

@@ -7,9 +7,10 @@ built for, and loading refuses a CPU that lacks them.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from sparsec.errors import ArtifactError, ToolchainError
@@ -25,6 +26,10 @@ SPEC = TargetSpec(
     vector_lanes=8,
     cost=CostConstants(),
 )
+
+# Cost-model constants fitted to measurements per instruction set (benchmarks/calibrate.py
+# writes them from a benchmarks.kernels run): cpu-avx512.json, cpu-avx2.json.
+CALIBRATION_DIR = Path(__file__).parent / "calibration"
 
 # The flat list of steps a `sparsec compile --target cpu` runs (printed by --help).
 PIPELINE = (
@@ -77,6 +82,27 @@ def detect_host() -> HostInfo:
     return HostInfo(mcpu, have, 16 if "avx512f" in have else 8)
 
 
+def isa(host: HostInfo) -> str:
+    """The instruction-set family the code is built for: avx512, avx2 or x86-64."""
+    return "avx512" if "avx512f" in host.features else "avx2" if "avx2" in host.features \
+        else "x86-64"
+
+
+def calibrated_cost(family: str) -> CostConstants:
+    """The calibrated constants of ``family``, or the defaults when none were recorded."""
+    try:
+        data = json.loads((CALIBRATION_DIR / f"cpu-{family}.json").read_text())
+    except FileNotFoundError:
+        return CostConstants()
+    known = {f.name for f in fields(CostConstants)}
+    return CostConstants(**{k: v for k, v in data["cost"].items() if k in known})
+
+
+def spec_for(host: HostInfo) -> TargetSpec:
+    """SPEC with the host's vector width and its instruction set's calibrated costs."""
+    return replace(SPEC, vector_lanes=host.vector_lanes, cost=calibrated_cost(isa(host)))
+
+
 def tvm_target(host: HostInfo | None = None):
     import tvm
 
@@ -85,9 +111,16 @@ def tvm_target(host: HostInfo | None = None):
 
 
 class CpuTarget:
-    spec = SPEC
     pipeline = PIPELINE
     library_name = "model.so"
+    _spec: TargetSpec | None = None
+
+    @property
+    def spec(self) -> TargetSpec:
+        """The target as the passes see it, for this host (detected once per process)."""
+        if self._spec is None:
+            self._spec = spec_for(detect_host())
+        return self._spec
 
     def check_toolchain(self) -> None:
         if platform.machine() not in ("x86_64", "AMD64"):

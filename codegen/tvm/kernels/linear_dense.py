@@ -11,10 +11,14 @@
   fused into the store. MR fills the register file (14 with 32 registers, 6 with 16).
   With 1-2 rows (GEMV) the k loop is split over two accumulator sets to hide FMA latency.
 
-Over long reductions (k > 512) the sum runs in chunks of 256 added to a total, for accuracy
-(see ``tile``).
+Over long reductions (k > 512) the sum runs in chunks of 256 whose sums are added to a
+total, for accuracy (``tile_whole``). With more than one row block the chunks are also the
+outermost loop of each task (GotoBLAS order, ``tile_chunk``): a chunk of packed X is
+reused from L2 by every panel of the task. A weight that streams from memory once (one
+row block, 32 MiB or more) is prefetched 32 k steps ahead.
 
-Knobs (all optional): ``mr`` rows per micro-tile, ``k_chunk``, ``threads``, ``lanes``.
+Knobs (all optional): ``mr`` rows per micro-tile, ``k_chunk``, ``prefetch`` (k steps, 0
+off), ``threads``, ``lanes``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,405 @@
+"""End-to-end zoo benchmark: each zoo model pruned to several sparsities, compiled by
+sparsec, against onnxruntime (the same pruned model, run densely), torch eager and, when
+given, DeepSparse 1.8.
+
+    python -m benchmarks.models [--quick] [--model NAME ...] [--level 0.9 ...]
+                                [--out benchmarks/results] [--deepsparse-python PY]
+
+For every (model, level), level being a sparsity (0, 0.5, 0.8, 0.9, 0.95, and 0.7 for the
+GPT-2 decode goal) or the pattern 2:4, in the zoo's prunable layers by magnitude, per layer:
+
+- the model is exported to ONNX (``sparsec.models.zoo.export.to_onnx``), compiled by sparsec
+  (verified against onnxruntime) and saved; its artifact size is compared with the ONNX
+  file's;
+- sparsec and onnxruntime are timed in this process, interleaved round by round (median ms;
+  onnxruntime with spin-waiting off so it leaves the cores to the next engine);
+- torch eager (``torch.no_grad``) is timed in a child process of its own, since its OpenMP
+  pool disturbs TVM's in the same process;
+- peak memory: each engine loads the model and runs it in a fresh child process; the
+  figure is its peak RSS while running over its RSS after the imports (``child``);
+- DeepSparse, with ``--deepsparse-python``, runs in that interpreter (it pins onnx<1.15).
+
+Writes ``<out>/models.json``, ``<out>/models.md`` (the table and the issue's goals, met or
+not) and ``<out>/models.png`` (speed-up over onnxruntime vs sparsity, one line per model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+MODELS = ["mlp", "mobilenetv2_224", "mobilenetv2_96", "bert_base", "gpt2_decode",
+          "gpt2_prefill"]
+LEVELS = ["0", "0.5", "2:4", "0.8", "0.9", "0.95"]
+EXTRA_LEVELS = {"gpt2_decode": ["0.7"]}  # the level of its goal
+QUICK = dict(models=["mlp", "mobilenetv2_96", "bert_2layer"], levels=["0", "0.9"])
+# (model, level, speed-up over onnxruntime it should reach), from issue 5; "*": every model.
+GOALS = [("mobilenetv2_224", "0.9", 2.0), ("bert_base", "0.9", 3.0), ("gpt2_decode", "0.7", 2.0),
+         ("*", "0", 0.9)]
+
+
+@dataclass
+class Row:
+    model: str
+    level: str
+    layouts: dict[str, int] = field(default_factory=dict)
+    ms: dict[str, float] = field(default_factory=dict)
+    peak_mb: dict[str, float] = field(default_factory=dict)
+    onnx_mb: float = 0.0
+    artifact_mb: float = 0.0
+    compile_s: float = 0.0
+    max_abs_err: float = 0.0
+
+    def speedup(self, peer: str = "onnxruntime") -> float | None:
+        if peer in self.ms and "sparsec" in self.ms:
+            return self.ms[peer] / self.ms["sparsec"]
+        return None
+
+
+# ---------------------------------------------------------------- models and inputs
+
+
+def build(model: str, level: str):
+    """(module, example inputs) of a zoo model pruned to ``level``, seeded."""
+    from sparsec.models.prune import prune_module
+    from sparsec.models.zoo import ZOO
+
+    entry = ZOO[model]
+    module = entry.build(seed=0)
+    if level == "2:4":
+        prune_module(module, "n_m", 2, 4, include=entry.include)
+    elif float(level) > 0:
+        prune_module(module, "unstructured", float(level), include=entry.include)
+    return module.eval(), entry.example_inputs(batch=1, seed=0)
+
+
+def save_inputs(path: Path, names: list[str], xs) -> None:
+    np.savez(path, **{n: np.ascontiguousarray(x.numpy() if hasattr(x, "numpy") else x)
+                      for n, x in zip(names, xs)})
+
+
+def load_inputs(path: str) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def ort_session(path, threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def median_ms(fn, calls: int) -> float:
+    times = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1e3 * float(np.median(times))
+
+
+def interleaved(fns: dict, budget_s: float = 1.5, rounds: int = 5) -> dict[str, float]:
+    """Median ms per engine over ``rounds`` rounds of blocks of calls, engines interleaved;
+    each block lasts about budget_s / rounds seconds per engine."""
+    for fn in fns.values():
+        fn()
+    per: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            one = max(time.perf_counter() - t, 1e-6)
+            per[k].append(median_ms(fn, int(min(200, max(3, budget_s / rounds / one)))))
+    return {k: float(np.median(v)) for k, v in per.items()}
+
+
+# ---------------------------------------------------------------- child processes
+
+
+def _status_mb(key: str) -> float:
+    """VmRSS / VmHWM (peak) of this process in MiB, from /proc/self/status."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _reset_peak() -> None:
+    """Reset VmHWM to the current RSS (Linux: write 5 to clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def child(engine: str, args: list[str]) -> dict:
+    """Run in a fresh process: load one engine's model, run it, report ms (torch) and the
+    memory it takes to serve: peak RSS while running, over the RSS after the imports. The
+    peak is reset once the model is loaded, so building and pruning the torch module (which
+    copies weights) does not count, for any engine alike."""
+    import gc
+
+    if engine == "torch":
+        import torch
+
+        model, level, calls = args[0], args[1], int(args[2])
+        base = _status_mb("VmRSS")
+        module, xs = build(model, level)
+        fn = lambda: module(*xs)  # noqa: E731
+    else:
+        feeds = load_inputs(args[1])
+        if engine == "sparsec":
+            import tvm  # noqa: F401
+
+            import sparsec
+
+            base = _status_mb("VmRSS")
+            cm = sparsec.load(args[0])
+            fn = lambda: cm(**feeds)  # noqa: E731
+        elif engine == "onnxruntime":
+            import onnxruntime  # noqa: F401
+
+            base = _status_mb("VmRSS")
+            sess = ort_session(args[0])
+            fn = lambda: sess.run(None, feeds)  # noqa: E731
+        else:
+            raise SystemExit(f"unknown engine {engine}")
+    gc.collect()
+    _reset_peak()
+    result = {}
+    if engine == "torch":
+        import torch
+
+        with torch.no_grad():
+            result["ms"] = interleaved({"torch": fn}, budget_s=min(3.0, 0.3 * calls))["torch"]
+    else:
+        for _ in range(3):
+            fn()
+    result["peak_mb"] = _status_mb("VmHWM") - base
+    return result
+
+
+def run_child(engine: str, *args: str, timeout: int = 900) -> dict | None:
+    r = subprocess.run([sys.executable, "-m", "benchmarks.models", "--child", engine, *args],
+                       capture_output=True, text=True, timeout=timeout,
+                       cwd=Path(__file__).resolve().parent.parent)
+    if r.returncode != 0:
+        tail = (r.stderr.strip().splitlines() or ["?"])[-1]
+        print(f"  {engine} child failed: {tail}", file=sys.stderr)
+        return None
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+DEEPSPARSE_SCRIPT = r"""
+import json, sys, time, numpy as np
+from deepsparse import Engine
+model, inputs = sys.argv[1], sys.argv[2]
+with np.load(inputs, allow_pickle=False) as z:
+    xs = [z[k] for k in z.files]
+eng = Engine(model=model, batch_size=xs[0].shape[0])
+eng(xs)
+ts = []
+for _ in range(30):
+    t = time.perf_counter(); eng(xs); ts.append(time.perf_counter() - t)
+print(json.dumps({"ms": 1e3 * float(np.median(ts))}))
+"""
+
+
+def deepsparse_ms(python: str, onnx_path: Path, inputs: Path) -> float | None:
+    r = subprocess.run([python, "-c", DEEPSPARSE_SCRIPT, str(onnx_path), str(inputs)],
+                       capture_output=True, text=True, timeout=1800)
+    if r.returncode != 0:
+        print(f"  deepsparse failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}",
+              file=sys.stderr)
+        return None
+    return json.loads(r.stdout.strip().splitlines()[-1])["ms"]
+
+
+# ---------------------------------------------------------------- one (model, level)
+
+
+def dir_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 2**20
+
+
+def run_row(model: str, level: str, work: Path, deepsparse: str | None) -> Row:
+    import torch
+
+    import sparsec
+    from sparsec.layouts import parse_layout
+    from sparsec.models.zoo.export import to_onnx
+
+    row = Row(model, level)
+    module, xs = build(model, level)
+    onnx_path = work / f"{model}-{level}.onnx"
+    with torch.no_grad():
+        proto = to_onnx(module, xs, onnx_path)
+    del module
+    names = [i.name for i in proto.graph.input]
+    inputs = work / f"{model}-{level}-inputs.npz"
+    save_inputs(inputs, names, xs)
+    feeds = load_inputs(inputs)
+    row.onnx_mb = onnx_path.stat().st_size / 2**20
+
+    t0 = time.perf_counter()
+    cm = sparsec.compile(str(onnx_path), progress=False)
+    row.compile_s = time.perf_counter() - t0
+    art = cm.save(work / f"{model}-{level}.sparsec")
+    row.artifact_mb = dir_mb(art)
+    for r in cm.report:
+        kind = parse_layout(r["layout"]).kind
+        row.layouts[kind] = row.layouts.get(kind, 0) + 1
+    v = cm.verification or {}
+    row.max_abs_err = max((o.get("max_abs_err", 0.0) for o in v.get("outputs", [])), default=0.0)
+
+    sess = ort_session(onnx_path)
+    row.ms = interleaved({"sparsec": lambda: cm(**feeds),
+                          "onnxruntime": lambda: sess.run(None, feeds)})
+    del cm, sess
+    calls = max(3, int(1500 / max(row.ms["onnxruntime"], 1e-3)))
+    torch_res = run_child("torch", model, level, str(min(calls, 200)))
+    if torch_res:
+        row.ms["torch"] = torch_res["ms"]
+        row.peak_mb["torch"] = torch_res["peak_mb"]
+    for engine, path in (("sparsec", art), ("onnxruntime", onnx_path)):
+        res = run_child(engine, str(path), str(inputs))
+        if res:
+            row.peak_mb[engine] = res["peak_mb"]
+    if deepsparse:
+        ms = deepsparse_ms(deepsparse, onnx_path, inputs)
+        if ms is not None:
+            row.ms["deepsparse"] = ms
+    return row
+
+
+# ---------------------------------------------------------------- report
+
+
+def table(rows: list[Row]) -> str:
+    engines = ["sparsec", "onnxruntime", "torch"] + (
+        ["deepsparse"] if any("deepsparse" in r.ms for r in rows) else [])
+    head = ["model", "sparsity", "layouts", *[f"{e} ms" for e in engines], "vs onnxruntime",
+            "vs torch", "peak MB sparsec / ort / torch", "artifact MB / ONNX MB", "compile s"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lay = ", ".join(f"{n} {k}" for k, n in sorted(r.layouts.items(), key=lambda kv: -kv[1]))
+        cells = [r.model, r.level, lay]
+        cells += [f"{r.ms[e]:.3f}" if e in r.ms else "-" for e in engines]
+        s_ort, s_torch = r.speedup(), r.speedup("torch")
+        cells += [f"{s_ort:.2f}x" if s_ort else "-", f"{s_torch:.2f}x" if s_torch else "-"]
+        cells.append(" / ".join(f"{r.peak_mb[e]:.0f}" if e in r.peak_mb else "-"
+                                for e in ("sparsec", "onnxruntime", "torch")))
+        cells += [f"{r.artifact_mb:.1f} / {r.onnx_mb:.1f}", f"{r.compile_s:.1f}"]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def goals(rows: list[Row]) -> str:
+    lines = ["| goal | measured | met |", "|---|---|---|"]
+    for model, level, want in GOALS:
+        hits = [r for r in rows if (model == "*" or r.model == model) and r.level == level]
+        if not hits:
+            lines.append(f"| {model} at {level}: >= {want}x onnxruntime | not run | - |")
+            continue
+        for r in hits:
+            got = r.speedup()
+            ds = r.ms.get("deepsparse")
+            extra = f"; DeepSparse {ds:.3f} ms" if ds else ""
+            lines.append(f"| {r.model} at {level}: >= {want}x onnxruntime | {got:.2f}x{extra} "
+                         f"| {'yes' if got >= want else 'no'} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = {lv: i for i, lv in enumerate(["0", "0.5", "2:4", "0.7", "0.8", "0.9", "0.95"])}
+    levels = sorted({r.level for r in rows}, key=lambda lv: order.get(lv, 99))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for model in dict.fromkeys(r.model for r in rows):
+        pts = sorted((r for r in rows if r.model == model), key=lambda r: levels.index(r.level))
+        ax.plot([levels.index(r.level) for r in pts], [r.speedup() for r in pts], "o-",
+                label=model)
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xticks(range(len(levels)), levels)
+    ax.set_xlabel("sparsity of the prunable layers")
+    ax.set_ylabel("speed-up vs onnxruntime (same model, dense)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    if argv is None and len(sys.argv) > 2 and sys.argv[1] == "--child":
+        print(json.dumps(child(sys.argv[2], sys.argv[3:])))
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="mlp, mobilenetv2_96, bert_2layer at "
+                    "0 and 0.9 (a few minutes)")
+    ap.add_argument("--model", action="append", help="zoo model (repeatable)")
+    ap.add_argument("--level", action="append",
+                    help="sparsity such as 0.9, or 2:4 (repeatable)")
+    ap.add_argument("--out", default="benchmarks/results", help="where results go")
+    ap.add_argument("--deepsparse-python", metavar="PY", help="a python with deepsparse 1.8")
+    ap.add_argument("--no-plot", action="store_true")
+    args = ap.parse_args(argv)
+    from sparsec.models.zoo import ZOO
+
+    models = args.model or (QUICK["models"] if args.quick else MODELS)
+    unknown = [m for m in models if m not in ZOO]
+    if unknown:
+        ap.error(f"unknown model(s) {', '.join(unknown)}; the zoo has {', '.join(ZOO)}")
+    for lv in args.level or []:
+        if lv != "2:4":
+            try:
+                ok = 0 <= float(lv) < 1
+            except ValueError:
+                ok = False
+            if not ok:
+                ap.error(f"bad --level {lv!r}: a sparsity in [0, 1) or 2:4")
+    plan = [(m, lv) for m in models for lv in (
+        args.level or (QUICK["levels"] if args.quick else LEVELS + EXTRA_LEVELS.get(m, [])))]
+    from tqdm import tqdm
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="sparsec-models-") as tmp:
+        for model, level in tqdm(plan, desc="models", unit="run", file=sys.stderr):
+            rows.append(run_row(model, level, Path(tmp), args.deepsparse_python))
+    from benchmarks.kernels import cpu_name
+
+    meta = {"date": time.strftime("%Y-%m-%d"), "machine": cpu_name(), "cores": os.cpu_count(),
+            "tvm_threads": os.environ.get("TVM_NUM_THREADS")}
+    (out / "models.json").write_text(json.dumps(
+        {"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1))
+    text = (f"{meta['date']}, {meta['machine']}, {meta['cores']} cores; batch 1; median ms\n\n"
+            + table(rows) + "\n\nGoals (issue 5):\n\n" + goals(rows))
+    (out / "models.md").write_text(text + "\n")
+    print(text)
+    if not args.no_plot:
+        plot(rows, out / "models.png")
+        print(f"\nplot: {out / 'models.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

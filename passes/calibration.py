@@ -1,0 +1,118 @@
+"""Calibrate the layout cost model (``choose_layouts``) against measured kernel times.
+
+Input: the points of a ``benchmarks.kernels`` run, each with the weight's sparsity
+statistics, the rows (batch) and the measured milliseconds of every candidate layout,
+forced one at a time::
+
+    {"stats": {...SparsityStats...}, "batch": 32, "candidates_ms": {"dense": 8.6, "csr": 1.3}}
+
+``regrets`` replays the model's decision at every point and returns, per point, the
+measured time of the layout it picks over the fastest measured one (1.0: it picked the
+fastest). ``fit`` searches the rates and bandwidth of ``CostConstants`` (multiplicative
+steps, coordinate descent) to minimise the summed log regret, with a small pull towards
+predicting the measured times themselves so that ties are broken by a model that still
+describes the machine. ``benchmarks/calibrate.py`` is the command that runs it and writes
+``targets/calibration/cpu-<isa>.json``; ``tests/passes/test_cost_model.py`` checks the
+committed constants against the committed measurements.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+from sparsec.plan import PlanEntry, SparsityStats
+from sparsec.targetspec import CostConstants, TargetSpec
+
+from .choose_layouts import decide, estimate_times
+
+# The constants the fit moves; chw-spmm (convs) and the thresholds stay as they are.
+FITTED = ("dense_gflops", "csr_gflops", "csr_batch_gflops", "csr_wide_gflops", "bsr_gflops",
+          "bsr_batch_gflops", "bsr_wide_gflops", "nm_gflops", "nm_batch_gflops", "nm_wide_gflops",
+          "bandwidth_gbs")
+STEPS = (0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.05, 1.1, 1.25, 1.5, 2.0, 3.0)
+MODEL_WEIGHT = 0.02  # weight of the squared log error of the predicted times
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One suite point: the model's inputs and the measured time of each candidate."""
+
+    entry: PlanEntry
+    rows: int
+    ms: dict[str, float]
+    label: str = ""
+
+    @property
+    def best(self) -> str:
+        return min(self.ms, key=self.ms.__getitem__)
+
+
+def measured_points(points: list[dict]) -> list[Measured]:
+    """``Measured`` for every point of a benchmarks.kernels JSON that has candidates."""
+    out = []
+    for p in points:
+        if not p.get("stats") or len(p.get("candidates_ms") or {}) < 2:
+            continue
+        stats = SparsityStats.from_dict(p["stats"])
+        entry = PlanEntry(node="layer", op="MatMul", weight="layer.weight",
+                          weight_shape=(stats.rows, stats.cols), stats=stats)
+        label = (f"{stats.rows}x{stats.cols} {p.get('pattern', '?')} d={p.get('density', '?')} "
+                 f"batch {p['batch']}")
+        out.append(Measured(entry, int(p["batch"]), dict(p["candidates_ms"]), label))
+    return out
+
+
+def choice(m: Measured, spec: TargetSpec) -> str:
+    """The layout the model picks at this point (restricted to the measured candidates)."""
+    times = {k: v for k, v in estimate_times(m.entry, m.rows, spec).items() if k in m.ms}
+    return decide(m.entry, times, spec)[0] if "dense" in times else min(times, key=times.get)
+
+
+def regrets(points: list[Measured], spec: TargetSpec) -> list[float]:
+    """Per point: measured time of the model's pick / the fastest measured candidate."""
+    return [m.ms[choice(m, spec)] / m.ms[m.best] for m in points]
+
+
+def _loss(points: list[Measured], spec: TargetSpec) -> float:
+    total = sum(math.log(r) for r in regrets(points, spec))
+    fit = 0.0
+    for m in points:
+        est = estimate_times(m.entry, m.rows, spec)
+        fit += sum((math.log(est[k] * 1e3) - math.log(v)) ** 2 for k, v in m.ms.items()
+                   if k in est)
+    return total + MODEL_WEIGHT * fit / max(1, len(points))
+
+
+def fit(points: list[Measured], spec: TargetSpec, sweeps: int = 12) -> CostConstants:
+    """Constants minimising the summed log regret (see the module docstring)."""
+    best_cost = spec.cost
+    best = _loss(points, spec)
+    for _ in range(sweeps):
+        improved = False
+        for name in FITTED:
+            for step in STEPS:
+                cost = replace(best_cost, **{name: getattr(best_cost, name) * step})
+                loss = _loss(points, replace(spec, cost=cost))
+                if loss < best - 1e-9:
+                    best, best_cost, improved = loss, cost, True
+        if not improved:
+            break
+    return best_cost
+
+
+def summary(points: list[Measured], spec: TargetSpec, tolerance: float) -> dict:
+    """Counts for a report: points, picks within ``tolerance`` of the fastest, worst."""
+    r = regrets(points, spec)
+    worst = max(range(len(r)), key=r.__getitem__) if r else None
+    return {
+        "points": len(r),
+        "fastest": sum(x <= 1.0 + 1e-12 for x in r),
+        "within_tolerance": sum(x <= tolerance for x in r),
+        "geomean_regret": math.exp(sum(math.log(x) for x in r) / len(r)) if r else 1.0,
+        "worst": (points[worst].label, choice(points[worst], spec), r[worst]) if r else None,
+    }
+
+
+def cost_dict(cost: CostConstants) -> dict:
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(cost).items()}
