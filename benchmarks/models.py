@@ -314,7 +314,8 @@ def goals(rows: list[Row]) -> str:
     for model, level, want in GOALS:
         hits = [r for r in rows if (model == "*" or r.model == model) and r.level == level]
         if not hits:
-            lines.append(f"| {model} at {level}: >= {want}x onnxruntime | not run | - |")
+            who = "every model" if model == "*" else model
+            lines.append(f"| {who} at {level}: >= {want}x onnxruntime | not run | - |")
             continue
         for r in hits:
             got = r.speedup()

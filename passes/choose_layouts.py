@@ -8,7 +8,7 @@ kernel executes on what it stores, padding included)::
     t(layout)   = max(flops / rate, stored_bytes / bandwidth) + overhead_s
 
     layout      flops                  rate (rows == 1 | 2..lanes | more)     stored_bytes
-    dense       2*O*K*rows             dense_gflops                           4*O*K
+    dense       2*O*K*rows             dense_gflops (Conv: conv_dense_gflops) 4*O*K
     csr         2*nnz*prows            csr_gflops | csr_batch | csr_wide      nnz*(4+idx) + 4*(O+1)
     chw-spmm    2*nnz*rows             chw_spmm_gflops                        as csr
     bsrRxC      2*nblocks*R*C*prows    bsr_gflops | bsr_batch | bsr_wide      nblocks*(4*R*C+idx)
@@ -92,7 +92,8 @@ def layout_time(layout: Layout, entry: PlanEntry, rows: int, target: TargetSpec,
     prows = -(-rows // lanes) * lanes if batch else 1  # rows as the rows path pads them
     idx = 2 if k <= 32767 else 4
     if layout.kind == "dense":
-        flops, rate, stored = 2.0 * o * k * rows, c.dense_gflops, 4.0 * o * k
+        rate = c.conv_dense_gflops if entry.op == "Conv" else c.dense_gflops
+        flops, stored = 2.0 * o * k * rows, 4.0 * o * k
     elif layout.kind == "csr":
         rate = c.csr_wide_gflops if wide else c.csr_batch_gflops if batch else c.csr_gflops
         flops, stored = 2.0 * s.nnz * prows, s.nnz * (4.0 + idx) + 4.0 * (o + 1)

@@ -37,7 +37,6 @@ class CompiledModel:
         self._runner = runner
         self._files = files  # artifact name -> where the file is now
         self._runner.set_params(params)
-        self._params = params
         self.plan = Plan.from_dict(manifest["plan"])
         self._staging = staging
         if staging is not None:

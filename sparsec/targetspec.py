@@ -22,6 +22,10 @@ class CostConstants:
     # targets/calibration/ holds the constants fitted per instruction set (issue 4).
     # "batch" rates apply from 2 rows up to the vector lanes, "wide" rates beyond.
     dense_gflops: float = 150.0
+    # Dense convolutions (kernels/conv.py: im2col-free, a k of C*kh*kw): measured 250-300
+    # GFLOP/s on 1x1 convs at 28x28-56x56 here, against ~100 for chw-spmm; the linear
+    # calibration (issue 4) does not cover convs.
+    conv_dense_gflops: float = 250.0
     csr_gflops: float = 10.0  # per stored nonzero, batch 1 (gathers dominate)
     csr_batch_gflops: float = 60.0
     bsr_gflops: float = 14.0  # per stored block element

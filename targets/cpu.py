@@ -13,7 +13,7 @@ import platform
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from sparsec.errors import ArtifactError, ToolchainError
+from sparsec.errors import ArtifactError, ToolchainError, UsageError
 from sparsec.targetspec import CostConstants, TargetSpec
 
 # The features that change the code we emit, widest first.
@@ -65,9 +65,23 @@ class HostInfo:
 
 
 def detect_host() -> HostInfo:
+    """The host CPU, or the one named by ``SPARSEC_CPU_MCPU`` (an LLVM CPU name such as
+    ``haswell``: build for an older x86 than this one, limited to what this CPU has)."""
     from tvm.target import codegen
 
     flags = cpu_flags()
+    override = os.environ.get("SPARSEC_CPU_MCPU")
+    if override:
+        import tvm
+
+        known = list(codegen.llvm_get_cpu_archlist(tvm.target.Target({"kind": "llvm"})))
+        if override not in known:
+            raise UsageError(f"SPARSEC_CPU_MCPU={override!r} is not an x86 CPU LLVM knows; "
+                             f"for example: haswell, znver3, skylake-avx512, x86-64-v3")
+        implied = codegen.llvm_get_cpu_features(
+            tvm.target.Target({"kind": "llvm", "mcpu": override}))
+        have = [f for f in KEY_FEATURES if f in implied and (not flags or f in flags)]
+        return HostInfo(override, have, 16 if "avx512f" in have else 8)
     have = [f for f in KEY_FEATURES if f in flags]
     mcpu = codegen.llvm_get_system_cpu()
     if not flags:  # no /proc/cpuinfo: trust LLVM

@@ -1,0 +1,34 @@
+"""Host detection, the SPARSEC_CPU_MCPU override and the calibrated cost constants."""
+
+import pytest
+
+from sparsec.errors import UsageError
+from sparsec.targets import cpu
+from sparsec.targetspec import CostConstants
+
+
+def test_override_builds_for_an_older_cpu(monkeypatch):
+    monkeypatch.setenv("SPARSEC_CPU_MCPU", "haswell")
+    host = cpu.detect_host()
+    assert host.mcpu == "haswell"
+    assert "avx512f" not in host.features and host.vector_lanes == 8
+    if "avx2" in cpu.cpu_flags():
+        assert cpu.isa(host) == "avx2"
+
+
+def test_override_rejects_an_unknown_cpu(monkeypatch):
+    monkeypatch.setenv("SPARSEC_CPU_MCPU", "nonsense9")
+    with pytest.raises(UsageError, match="not an x86 CPU LLVM knows"):
+        cpu.detect_host()
+
+
+def test_calibrated_constants_are_loaded_per_isa():
+    cost = cpu.calibrated_cost("avx512")
+    assert cost != CostConstants()  # the file in targets/calibration, not the defaults
+    assert cpu.calibrated_cost("no-such-isa") == CostConstants()
+
+
+def test_spec_follows_the_host():
+    host = cpu.HostInfo("x86-64-v4", ["avx512f", "avx2", "fma"], 16)
+    spec = cpu.spec_for(host)
+    assert spec.vector_lanes == 16 and spec.cost == cpu.calibrated_cost("avx512")
