@@ -29,7 +29,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -288,16 +287,6 @@ def plot(points: list[Point], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _shape(text: str) -> tuple[int, int]:
     try:
         o, i = (int(v) for v in text.lower().split("x"))
@@ -339,7 +328,7 @@ def main(argv=None) -> int:
         run_point(p, weights[key], bandwidth, gflops, args.deepsparse_python, args.candidates)
     from sparsec.targets import cpu
 
-    meta = {"date": time.strftime("%Y-%m-%d"), "machine": cpu_name(),
+    meta = {"date": time.strftime("%Y-%m-%d"), "machine": cpu.model_name(),
             "isa": cpu.isa(cpu.detect_host()),
             "cores": os.cpu_count(), "copy_bandwidth_gbs": round(bandwidth, 1),
             "sgemm_gflops": round(gflops, 1), "tvm_threads": os.environ.get("TVM_NUM_THREADS")}

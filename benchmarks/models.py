@@ -386,9 +386,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="sparsec-models-") as tmp:
         for model, level in tqdm(plan, desc="models", unit="run", file=sys.stderr):
             rows.append(run_row(model, level, Path(tmp), args.deepsparse_python))
-    from benchmarks.kernels import cpu_name
+    from sparsec.targets.cpu import model_name
 
-    meta = {"date": time.strftime("%Y-%m-%d"), "machine": cpu_name(), "cores": os.cpu_count(),
+    meta = {"date": time.strftime("%Y-%m-%d"), "machine": model_name(), "cores": os.cpu_count(),
             "tvm_threads": os.environ.get("TVM_NUM_THREADS")}
     (out / "models.json").write_text(json.dumps(
         {"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1))

@@ -389,22 +389,13 @@ def table(results: list[Result], ops: tuple[str, ...] = CLAIMED_OPS) -> str:
     return "\n".join(lines)
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def generated_section(results: list[Result], ops: tuple[str, ...], seconds: float,
                       pattern: str | None = None) -> str:
     import onnx
     import tvm
 
     from sparsec import __version__
+    from sparsec.targets.cpu import model_name
 
     def esc(s: str) -> str:
         return s.replace("|", "\\|")
@@ -415,7 +406,7 @@ def generated_section(results: list[Result], ops: tuple[str, ...], seconds: floa
     out = [MARKER, "", "## Results", "",
            f"- run: {datetime.date.today().isoformat()}, sparsec {__version__}, onnx "
            f"{onnx.__version__}, apache-tvm {tvm.__version__}, Python {platform.python_version()}",
-           f"- machine: {_cpu()}, {os.cpu_count()} cores; wall time {seconds:.0f} s",
+           f"- machine: {model_name()}, {os.cpu_count()} cores; wall time {seconds:.0f} s",
            f"- tests: {source()}",
            f"- tolerance: |got - want| <= {ATOL:g} + {RTOL:g}*|want| on every element",
            f"- {sum(r.onnx_tol for r in passed)} of {len(passed)} passing tests also meet onnx's "

@@ -57,6 +57,17 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def model_name() -> str:
+    """The CPU's marketing name from /proc/cpuinfo, for reports (platform's as a fallback)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 @dataclass
 class HostInfo:
     mcpu: str
