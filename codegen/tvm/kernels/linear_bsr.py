@@ -159,17 +159,7 @@ def _rows_path(f: LinearFunc, r: int, c: int, lanes: int, budget: int, ntasks: i
                         total = total + acc[s * size + l]
                     T.buffer_store(acc, total, [l])
 
-        out = acc
-        if chunk:  # long block rows: partial sums join a total
-            out = T.decl_buffer((size,), F32, scope="local")
-            with T.vectorized(0, size) as l:
-                T.buffer_store(out, ZERO, [l])
-
-        def fold():
-            with T.vectorized(0, size) as l:
-                T.buffer_store(out, out[l] + acc[l], [l])
-
-        sum_in_chunks(start, count, chunk, walk, fold)
+        out = sum_in_chunks(start, count, chunk, walk, acc, size)
         for i in range(ih):
             store_row_lanes(f, out, r0, w, br * r + i0 + i, offset=i * w)
 
@@ -201,36 +191,23 @@ def _one_row_along_c(f: LinearFunc, r: int, c: int, lanes: int, budget: int, nta
     group = max(1, budget // -(-c // lanes))
 
     def rows(br, start, count, i0, ih):
-        acc = T.decl_buffer((ih, c), F32, scope="local")
+        acc = T.decl_buffer((ih * c,), F32, scope="local")  # [ih, c], flat
 
         def walk(first, n):
-            with T.unroll(0, ih) as i:
-                with T.vectorized(0, c) as l:
-                    T.buffer_store(acc, ZERO, [i, l])
+            with T.vectorized(0, ih * c) as l:
+                T.buffer_store(acc, ZERO, [l])
             with loop(n) as qq:
                 q = bind(first + qq)
                 col = bind(i32(indices[q]) * c)
                 with T.unroll(0, ih) as i:
                     with T.vectorized(0, c) as l:
                         val = _value(f, r, c, q, i0 + i, l)
-                        T.buffer_store(acc, acc[i, l] + val * f.X[0, col + l], [i, l])
+                        T.buffer_store(acc, acc[i * c + l] + val * f.X[0, col + l], [i * c + l])
 
-        total = acc
-        if chunk:
-            total = T.decl_buffer((ih, c), F32, scope="local")
-            with T.unroll(0, ih) as i:
-                with T.vectorized(0, c) as l:
-                    T.buffer_store(total, ZERO, [i, l])
-
-        def fold():
-            with T.unroll(0, ih) as i:
-                with T.vectorized(0, c) as l:
-                    T.buffer_store(total, total[i, l] + acc[i, l], [i, l])
-
-        sum_in_chunks(start, count, chunk, walk, fold)
+        total = sum_in_chunks(start, count, chunk, walk, acc, ih * c)
         for i in range(ih):
             o = br * r + i0 + i
-            T.buffer_store(f.Y, f.epilogue(_pairwise([total[i, l] for l in range(c)]), 0, o),
+            T.buffer_store(f.Y, f.epilogue(_pairwise([total[i * c + l] for l in range(c)]), 0, o),
                            [0, o])
 
     _block_rows(f, ntasks, lambda br, start, count: _in_groups(
@@ -258,17 +235,7 @@ def _one_row_along_r(f: LinearFunc, r: int, c: int, lanes: int, budget: int, nta
                         val = _value(f, r, c, q, i0 + l, jj)
                         T.buffer_store(acc, acc[l] + val * xs, [l])
 
-        total = acc
-        if chunk:
-            total = T.decl_buffer((ih,), F32, scope="local")
-            with T.vectorized(0, ih) as l:
-                T.buffer_store(total, ZERO, [l])
-
-        def fold():
-            with T.vectorized(0, ih) as l:
-                T.buffer_store(total, total[l] + acc[l], [l])
-
-        sum_in_chunks(start, count, chunk, walk, fold)
+        total = sum_in_chunks(start, count, chunk, walk, acc, ih)
         with T.vectorized(0, ih) as l:
             o = br * r + i0 + l
             T.buffer_store(f.Y, f.epilogue(total[l], 0, o), [0, o])

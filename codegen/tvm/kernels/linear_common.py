@@ -225,23 +225,33 @@ def chunk_size(longest: int, terms_per_item: int = 1) -> int:
     return max(1, CHUNK_TERMS // terms_per_item)
 
 
-def sum_in_chunks(start, count, chunk: int, walk, fold) -> None:
-    """Sum items start .. start+count-1 in partial sums of ``chunk`` items.
+def sum_in_chunks(start, count, chunk: int, walk, acc, size: int):
+    """Sum items start .. start+count-1 in partial sums of ``chunk`` items; returns the flat
+    buffer whose first ``size`` elements hold the sum.
 
-    ``walk(first, n)`` zeroes the kernel's accumulators and adds items first..first+n-1;
-    ``fold()`` adds the accumulators to the kernel's total. With ``chunk`` 0 it is one walk
-    and no fold (the accumulators are the result). One running float32 sum over k terms
-    errs like k; partial sums err like chunk + k/chunk (onnxruntime's MLAS does the same):
-    at k = 4096 that is the difference between 4e-4 and 6e-5 on outputs near 250.
+    ``walk(first, n)`` zeroes the kernel's accumulators and leaves the sum of items
+    first..first+n-1 in ``acc[0:size]`` (a flat buffer). With ``chunk`` 0 that is one walk,
+    and ``acc`` is the result; otherwise each chunk's sum is added to a total. One running
+    float32 sum over k terms errs like k; partial sums err like chunk + k/chunk
+    (onnxruntime's MLAS does the same): at k = 4096 that is the difference between 4e-4
+    and 6e-5 on outputs near 250.
     """
     if not chunk:
         walk(start, count)
-        return
+        return acc
+    total = T.decl_buffer((size,), F32, scope="local")
+    with T.vectorized(0, size) as l:
+        T.buffer_store(total, ZERO, [l])
+
+    def part(first, n):
+        walk(first, n)
+        with T.vectorized(0, size) as l:
+            T.buffer_store(total, total[l] + acc[l], [l])
+
     with loop(count // chunk) as c:
-        walk(start + c * chunk, chunk)
-        fold()
-    walk(start + count // chunk * chunk, count % chunk)
-    fold()
+        part(start + c * chunk, chunk)
+    part(start + count // chunk * chunk, count % chunk)
+    return total
 
 
 def hardware_gather(target, lanes: int) -> bool:

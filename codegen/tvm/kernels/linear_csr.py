@@ -98,17 +98,7 @@ def emit_rows_path(f: LinearFunc, lanes: int, ntasks: int, task_rows, entries, t
                         total = total + acc[u * w + l]
                     T.buffer_store(acc, total, [l])
 
-        total = acc
-        if chunk:  # long rows: partial sums of ``chunk`` entries join a total
-            total = T.decl_buffer((w,), F32, scope="local")
-            with T.vectorized(0, w) as l:
-                T.buffer_store(total, ZERO, [l])
-
-        def fold():
-            with T.vectorized(0, w) as l:
-                T.buffer_store(total, total[l] + acc[l], [l])
-
-        sum_in_chunks(start, count, chunk, walk, fold)
+        total = sum_in_chunks(start, count, chunk, walk, acc, w)
         store_row_lanes(f, total, r0, w, o)
 
     widths = blocks.widths
