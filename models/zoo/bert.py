@@ -32,7 +32,10 @@ PRUNABLE = ("layers.*.attn.qkv", "layers.*.attn.out", "layers.*.ffn.fc1", "layer
 EPS = 1e-12  # BERT's LayerNorm epsilon
 
 
-class SelfAttention(nn.Module):
+class AttentionProjections(nn.Module):
+    """The fused q/k/v projection and the output projection of multi-head attention; the
+    subclasses (BERT's here, GPT-2's causal one with a KV cache) define ``forward``."""
+
     def __init__(self, hidden: int, heads: int) -> None:
         super().__init__()
         if hidden % heads:
@@ -41,6 +44,8 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.out = nn.Linear(hidden, hidden)
 
+
+class SelfAttention(AttentionProjections):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, s, h = x.shape
         d = h // self.heads

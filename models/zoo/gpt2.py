@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from sparsec.models.zoo import config, seeded_build
-from sparsec.models.zoo.bert import FeedForward
+from sparsec.models.zoo.bert import AttentionProjections, FeedForward
 
 DEFAULT = {"layers": 12, "hidden": 768, "heads": 12, "ffn": 3072, "vocab": 8192,
            "seq": 128, "past": 128}
@@ -43,15 +43,7 @@ EPS = 1e-5  # GPT-2's LayerNorm epsilon
 MASKED = -1e9  # added to the scores of future positions in the prefill
 
 
-class CausalSelfAttention(nn.Module):
-    def __init__(self, hidden: int, heads: int) -> None:
-        super().__init__()
-        if hidden % heads:
-            raise ValueError(f"hidden {hidden} is not a multiple of heads {heads}")
-        self.heads = heads
-        self.qkv = nn.Linear(hidden, 3 * hidden)
-        self.out = nn.Linear(hidden, hidden)
-
+class CausalSelfAttention(AttentionProjections):
     def forward(self, x: torch.Tensor, past: torch.Tensor | None,
                 mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """``past`` ``[2, b, heads, P, d]`` or None; returns (output, ``[2, b, heads, P+s, d]``)."""

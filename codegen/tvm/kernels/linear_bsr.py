@@ -30,6 +30,7 @@ from sparsec.codegen.tvm.kernels.linear_common import (
     balanced_splits,
     bind,
     chunk_size,
+    fold_chains,
     i32,
     linear_func,
     loop,
@@ -152,12 +153,7 @@ def _rows_path(f: LinearFunc, r: int, c: int, lanes: int, budget: int, ntasks: i
                             step(j2 * sets + s, s)
                     for jj in range(c // sets * sets, c):
                         step(jj, 0)
-            if sets > 1:
-                with T.vectorized(0, size) as l:
-                    total = acc[l]
-                    for s in range(1, sets):
-                        total = total + acc[s * size + l]
-                    T.buffer_store(acc, total, [l])
+            fold_chains(acc, size, sets)
 
         out = sum_in_chunks(start, count, chunk, walk, acc, size)
         for i in range(ih):

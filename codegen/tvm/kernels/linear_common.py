@@ -225,6 +225,18 @@ def chunk_size(longest: int, terms_per_item: int = 1) -> int:
     return max(1, CHUNK_TERMS // terms_per_item)
 
 
+def fold_chains(acc, size: int, chains: int) -> None:
+    """acc[0:size] += acc[c*size : (c+1)*size] for every chain c > 0: the independent
+    accumulator sets a walk keeps to hide FMA latency, summed into the first."""
+    if chains < 2:
+        return
+    with T.vectorized(0, size) as l:
+        total = acc[l]
+        for c in range(1, chains):
+            total = total + acc[c * size + l]
+        T.buffer_store(acc, total, [l])
+
+
 def sum_in_chunks(start, count, chunk: int, walk, acc, size: int):
     """Sum items start .. start+count-1 in partial sums of ``chunk`` items; returns the flat
     buffer whose first ``size`` elements hold the sum.

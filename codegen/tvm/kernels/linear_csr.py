@@ -33,6 +33,7 @@ from sparsec.codegen.tvm.kernels.linear_common import (
     LinearFunc,
     bind,
     chunk_size,
+    fold_chains,
     gather,
     hardware_gather,
     i32,
@@ -92,11 +93,7 @@ def emit_rows_path(f: LinearFunc, lanes: int, ntasks: int, task_rows, entries, t
             if unroll > 1:
                 with loop(n % unroll) as jj:
                     step(first + n // unroll * unroll + jj, 0)
-                with T.vectorized(0, w) as l:
-                    total = acc[l]
-                    for u in range(1, unroll):
-                        total = total + acc[u * w + l]
-                    T.buffer_store(acc, total, [l])
+            fold_chains(acc, w, unroll)
 
         total = sum_in_chunks(start, count, chunk, walk, acc, w)
         store_row_lanes(f, total, r0, w, o)
