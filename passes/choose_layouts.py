@@ -27,8 +27,8 @@ csr, bsr at the analysed block (``stats.block``, which divides the shape by cons
 nm at the analysed N:M (``stats.nm``), and chw-spmm for 1x1 / stride-1 / unpadded convs;
 only layout kinds the target supports. Ties go to the more specialised kernel, in the
 order chw-spmm, bsr, nm, csr. The fastest sparse candidate is chosen when
-``t(dense) / t(sparse) >= min_speedup``; otherwise the op stays dense. Weights with fewer
-than ``min_weight_elems`` elements stay dense, and a weight holding NaN/Inf stays dense with
+``t(dense) / t(sparse) >= min_speedup``; otherwise the op stays dense. Layers doing fewer
+than ``min_macs`` multiply-adds a call (weights x rows) stay dense, and a weight holding NaN/Inf stays dense with
 a ``SparsecWarning``.
 
 A forced layout (``CompileOptions.forced_layout(node, weight)``) always wins, but one that
@@ -197,21 +197,22 @@ def choose(entry: PlanEntry, wop: WeightOp, options: CompileOptions,
                                                                nblocks)
         return
     entry.forced = False
-    entry.layout, entry.estimated_speedup, entry.reason = decide(entry, times, target)
+    entry.layout, entry.estimated_speedup, entry.reason = decide(entry, times, target, rows)
 
 
-def decide(entry: PlanEntry, times: dict[str, float], target: TargetSpec
+def decide(entry: PlanEntry, times: dict[str, float], target: TargetSpec, rows: int = 1
            ) -> tuple[str, float, str]:
     """(layout, estimated speed-up over dense, reason) for an op that is not forced, from
-    ``estimate_times``: the fastest sparse candidate when it beats dense by
-    ``min_speedup``, else dense."""
+    ``estimate_times`` at ``rows`` kernel rows: the fastest sparse candidate when it beats
+    dense by ``min_speedup``, else dense."""
     s = entry.stats
     sparse = {name: t for name, t in times.items() if name != "dense"}
     if s.nonfinite:
         return "dense", 1.0, f"dense: weight holds {s.nonfinite} NaN/Inf values"
-    if s.rows * s.cols < target.cost.min_weight_elems:
-        return "dense", 1.0, (f"dense: {s.rows * s.cols} weights, below the "
-                              f"{target.cost.min_weight_elems} minimum")
+    macs = s.rows * s.cols * max(1, rows)
+    if macs < target.cost.min_macs:
+        return "dense", 1.0, (f"dense: {macs} multiply-adds a call, below the "
+                              f"{target.cost.min_macs} minimum")
     if not sparse:
         return "dense", 1.0, f"dense: target {target.name} runs no fitting sparse layout"
     best = min(sparse, key=sparse.__getitem__)

@@ -41,7 +41,10 @@ class CostConstants:
     bandwidth_gbs: float = 36.0  # streaming the stored weight (dense 4096² GEMV: 1.84 ms)
     overhead_s: float = 2e-6
     min_speedup: float = 1.15  # a sparse layout must beat dense by this factor to be chosen
-    min_weight_elems: int = 4096  # smaller layers stay dense
+    # Layers doing fewer multiply-adds a call (weights x kernel rows) stay dense: call
+    # overhead dominates them. Counted in work, not weights: a 16->96 1x1 conv has 1536
+    # weights but 19M multiply-adds a 112x112 image.
+    min_macs: int = 4096
 
 
 @dataclass(frozen=True)

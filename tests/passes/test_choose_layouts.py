@@ -105,8 +105,19 @@ def test_small_and_nonfinite_stay_dense(tools):
     with pytest.warns(SparsecWarning, match="fc_bad"):
         entries, _ = choose(tools, {"small": sparse((32, 64), 0.05), "bad": bad})
     small = entries["small"]
-    assert small.layout == "dense" and "below the 4096 minimum" in small.reason
+    assert small.layout == "dense" and "2048 multiply-adds a call, below the 4096 minimum" \
+        in small.reason
     assert entries["bad"].layout == "dense" and "NaN/Inf" in entries["bad"].reason
+
+
+def test_small_weight_with_much_work_is_not_kept_dense(tools):
+    """The minimum counts work, not weights: MobileNetV2's 16->96 expand conv has 1536
+    weights but runs them at every pixel."""
+    entries, _ = choose(tools, {"w": sparse((8, 8), 1.0)}, conv=sparse((96, 16, 1, 1), 0.1))
+    assert entries["cw"].layout == "chw-spmm", entries["cw"].reason
+    # the same weight as a linear layer at batch 1 is too little work
+    entries, _ = choose(tools, {"lin": sparse((96, 16), 0.1)})
+    assert entries["lin"].layout == "dense" and "minimum" in entries["lin"].reason
 
 
 def test_forced_layout_is_honoured(tools):
