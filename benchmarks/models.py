@@ -12,7 +12,10 @@ GPT-2 decode goal) or the pattern 2:4, in the zoo's prunable layers by magnitude
   (verified against onnxruntime) and saved; its artifact size is compared with the ONNX
   file's;
 - sparsec and onnxruntime are timed in this process, interleaved round by round (median ms;
-  onnxruntime with spin-waiting off so it leaves the cores to the next engine);
+  onnxruntime with spin-waiting off so it leaves the cores to the next engine). The
+  speed-up is the median of the per-round ratios, shown with their lowest and highest
+  ("1.45x (1.38-1.52)"): on a shared host a whole-run median can move 30% between runs,
+  the ratio within a round much less. Goals are judged on that median;
 - torch eager (``torch.no_grad``) is timed in a child process of its own, since its OpenMP
   pool disturbs TVM's in the same process;
 - peak memory: each engine loads the model and runs it in a fresh child process; the
@@ -59,11 +62,24 @@ class Row:
     artifact_mb: float = 0.0
     compile_s: float = 0.0
     max_abs_err: float = 0.0
+    # Per peer timed in the same rounds as sparsec: [median, lowest, highest] of the
+    # per-round ratios peer ms / sparsec ms. Rounds are seconds apart, so a ratio within a
+    # round cancels the host's drift; the spread says how far one run can be trusted.
+    ratios: dict[str, list[float]] = field(default_factory=dict)
 
     def speedup(self, peer: str = "onnxruntime") -> float | None:
+        if peer in self.ratios:
+            return self.ratios[peer][0]
         if peer in self.ms and "sparsec" in self.ms:
             return self.ms[peer] / self.ms["sparsec"]
         return None
+
+    def spread(self, peer: str = "onnxruntime") -> str:
+        """" (lo-hi)" of the per-round ratios, or "" when there are none."""
+        if peer not in self.ratios:
+            return ""
+        _, lo, hi = self.ratios[peer]
+        return f" ({lo:.2f}-{hi:.2f})"
 
 
 # ---------------------------------------------------------------- models and inputs
@@ -113,9 +129,10 @@ def median_ms(fn, calls: int) -> float:
     return 1e3 * float(np.median(times))
 
 
-def interleaved(fns: dict, budget_s: float = 1.5, rounds: int = 5) -> dict[str, float]:
-    """Median ms per engine over ``rounds`` rounds of blocks of calls, engines interleaved;
-    each block lasts about budget_s / rounds seconds per engine."""
+def interleaved_rounds(fns: dict, budget_s: float = 1.5, rounds: int = 7
+                       ) -> dict[str, list[float]]:
+    """Per engine, the median ms of each of ``rounds`` rounds of blocks of calls, engines
+    interleaved; each block lasts about budget_s / rounds seconds per engine."""
     for fn in fns.values():
         fn()
     per: dict[str, list[float]] = {k: [] for k in fns}
@@ -125,7 +142,18 @@ def interleaved(fns: dict, budget_s: float = 1.5, rounds: int = 5) -> dict[str, 
             fn()
             one = max(time.perf_counter() - t, 1e-6)
             per[k].append(median_ms(fn, int(min(200, max(3, budget_s / rounds / one)))))
-    return {k: float(np.median(v)) for k, v in per.items()}
+    return per
+
+
+def interleaved(fns: dict, budget_s: float = 1.5, rounds: int = 7) -> dict[str, float]:
+    """Median ms per engine over the rounds of ``interleaved_rounds``."""
+    return {k: float(np.median(v)) for k, v in interleaved_rounds(fns, budget_s, rounds).items()}
+
+
+def round_ratios(per: dict[str, list[float]], peer: str, ours: str = "sparsec") -> list[float]:
+    """[median, lowest, highest] of peer ms / our ms, round by round."""
+    r = np.asarray(per[peer]) / np.asarray(per[ours])
+    return [float(np.median(r)), float(r.min()), float(r.max())]
 
 
 # ---------------------------------------------------------------- child processes
@@ -268,8 +296,10 @@ def run_row(model: str, level: str, work: Path, deepsparse: str | None) -> Row:
     row.max_abs_err = max((o.get("max_abs_err", 0.0) for o in v.get("outputs", [])), default=0.0)
 
     sess = ort_session(onnx_path)
-    row.ms = interleaved({"sparsec": lambda: cm(**feeds),
-                          "onnxruntime": lambda: sess.run(None, feeds)})
+    per = interleaved_rounds({"sparsec": lambda: cm(**feeds),
+                              "onnxruntime": lambda: sess.run(None, feeds)})
+    row.ms = {k: float(np.median(v)) for k, v in per.items()}
+    row.ratios["onnxruntime"] = round_ratios(per, "onnxruntime")
     del cm, sess
     calls = max(3, int(1500 / max(row.ms["onnxruntime"], 1e-3)))
     torch_res = run_child("torch", model, level, str(min(calls, 200)))
@@ -301,7 +331,8 @@ def table(rows: list[Row]) -> str:
         cells = [r.model, r.level, lay]
         cells += [f"{r.ms[e]:.3f}" if e in r.ms else "-" for e in engines]
         s_ort, s_torch = r.speedup(), r.speedup("torch")
-        cells += [f"{s_ort:.2f}x" if s_ort else "-", f"{s_torch:.2f}x" if s_torch else "-"]
+        cells += [f"{s_ort:.2f}x{r.spread()}" if s_ort else "-",
+                  f"{s_torch:.2f}x" if s_torch else "-"]
         cells.append(" / ".join(f"{r.peak_mb[e]:.0f}" if e in r.peak_mb else "-"
                                 for e in ("sparsec", "onnxruntime", "torch")))
         cells += [f"{r.artifact_mb:.1f} / {r.onnx_mb:.1f}", f"{r.compile_s:.1f}"]
@@ -321,8 +352,8 @@ def goals(rows: list[Row]) -> str:
             got = r.speedup()
             ds = r.ms.get("deepsparse")
             extra = f"; DeepSparse {ds:.3f} ms" if ds else ""
-            lines.append(f"| {r.model} at {level}: >= {want}x onnxruntime | {got:.2f}x{extra} "
-                         f"| {'yes' if got >= want else 'no'} |")
+            lines.append(f"| {r.model} at {level}: >= {want}x onnxruntime | {got:.2f}x"
+                         f"{r.spread()}{extra} | {'yes' if got >= want else 'no'} |")
     return "\n".join(lines)
 
 
