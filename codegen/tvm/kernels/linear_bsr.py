@@ -14,7 +14,7 @@ ranges balanced by block count (4 per thread).
   ``acc[:] += values[q, jj, :] * X[0, col + jj]`` and a contiguous store of r outputs.
 
 Knobs (all optional): ``path`` "rows" (forces the rows path for one row), ``block_vectors``,
-``threads``, ``lanes``.
+``transpose_store`` (False: scalar stores), ``threads``, ``lanes``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from sparsec.codegen.tvm.kernels.linear_common import (
     balanced_splits,
     bind,
     chunk_size,
+    epilogue_lanes,
     fold_chains,
     i32,
     linear_func,
@@ -38,6 +39,7 @@ from sparsec.codegen.tvm.kernels.linear_common import (
     store_row_lanes,
     sum_in_chunks,
     thread_count,
+    transpose_store,
     transpose_x,
     vector_lanes,
     vector_registers,
@@ -121,6 +123,7 @@ def _rows_path(f: LinearFunc, r: int, c: int, lanes: int, budget: int, ntasks: i
     k, indices = f.k, f.arrays["indices"]
     group = max(1, budget // max(1, blocks.width // lanes))
     chunk = _chunk(f_indptr, c)
+    transposed = knobs.get("transpose_store", True)
 
     def tile(br, start, count, r0, w, i0, ih):
         base = r0 * k
@@ -156,8 +159,14 @@ def _rows_path(f: LinearFunc, r: int, c: int, lanes: int, budget: int, ntasks: i
             fold_chains(acc, size, sets)
 
         out = sum_in_chunks(start, count, chunk, walk, acc, size)
-        for i in range(ih):
-            store_row_lanes(f, out, r0, w, br * r + i0 + i, offset=i * w)
+        if transposed and ih % lanes == 0:  # whole groups of output columns: vector stores
+            for i in range(ih):
+                epilogue_lanes(f, out, r0, w, br * r + i0 + i, offset=i * w)
+            for g0 in range(0, ih, lanes):
+                transpose_store(f, out, r0, w, br * r + i0 + g0, lanes, offset=g0 * w)
+        else:
+            for i in range(ih):
+                store_row_lanes(f, out, r0, w, br * r + i0 + i, offset=i * w)
 
     widths = blocks.widths
     nfull = sum(1 for w in widths if w == blocks.width)

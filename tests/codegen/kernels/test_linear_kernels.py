@@ -176,6 +176,21 @@ def test_forced_paths(layout, path, rows):
     _check(layout, 40, 64, rows, 0.4, knobs={"path": path}, seed=3)
 
 
+@pytest.mark.parametrize("layout", ["csr", "nm2:4", "bsr16x1", "bsr8x1"])
+@pytest.mark.parametrize("rows", [9, 37, 64])
+@pytest.mark.parametrize("transposed", [True, False])
+def test_transposed_output_stores(layout, rows, transposed):
+    """The rows path stores groups of output columns through an in-register transpose
+    (``transpose_store``): 300 outputs give whole groups and a remainder per task, 9 and 37
+    rows padding lanes that must not be stored, and a residual read at every lane."""
+    steps = [S("bias"), S("relu"), S("residual")]
+    _check(layout, 304, 96, rows, 0.3, steps=steps, seed=rows,
+           knobs={"transpose_store": transposed})
+    if layout == "bsr8x1":  # 8 rows on 8 lanes: whole groups on AVX2
+        _check(layout, 304, 96, rows, 0.3, steps=steps, seed=rows,
+               target=_host_target("x86-64-v3"), knobs={"transpose_store": transposed})
+
+
 # ---------------------------------------------------------------- epilogues
 
 EPILOGUES = [
