@@ -125,7 +125,9 @@ def _rows_path(f: LinearFunc, r: int, c: int, lanes: int, budget: int, ntasks: i
     chunk = _chunk(f_indptr, c)
     transposed = knobs.get("transpose_store", True)
 
-    def tile(br, start, count, r0, w, i0, ih):
+    def tile(br, start, count, r0, w, i0, ih, stage=None, srow=None):
+        """Rows i0 .. i0+ih of block row br for the X row block at r0 (width w): stored, or
+        epilogued into rows srow + i of ``stage`` ([lanes, padded X rows])."""
         base = r0 * k
         chains = ih * (w // lanes)
         sets = max(1, min(c, -(-8 // chains), budget // chains))  # >= 8 independent FMA chains
@@ -159,7 +161,12 @@ def _rows_path(f: LinearFunc, r: int, c: int, lanes: int, budget: int, ntasks: i
             fold_chains(acc, size, sets)
 
         out = sum_in_chunks(start, count, chunk, walk, acc, size)
-        if transposed and ih % lanes == 0:  # whole groups of output columns: vector stores
+        if stage is not None:
+            for i in range(ih):
+                epilogue_lanes(f, out, r0, w, br * r + i0 + i, offset=i * w)
+                with T.vectorized(0, w) as l:
+                    T.buffer_store(stage, out[i * w + l], [(srow + i) * blocks.padded + r0 + l])
+        elif transposed and ih % lanes == 0:  # whole groups of output columns: vector stores
             for i in range(ih):
                 epilogue_lanes(f, out, r0, w, br * r + i0 + i, offset=i * w)
             for g0 in range(0, ih, lanes):
@@ -181,7 +188,45 @@ def _rows_path(f: LinearFunc, r: int, c: int, lanes: int, budget: int, ntasks: i
     def body(br, start, count):
         _in_groups(r, group, lambda i0, ih: rows_of_x(br, start, count, i0, ih))
 
-    _block_rows(f, ntasks, body)
+    span = lanes // r  # block rows per group of output columns, for blocks shorter than lanes
+    if not (transposed and r < lanes and lanes % r == 0 and group >= r):
+        _block_rows(f, ntasks, body)
+        return
+    # Blocks shorter than the lanes: `span` block rows fill a stage of `lanes` output rows
+    # for every X row, which goes out through ``transpose_store``; the remaining block
+    # rows of the task store as above.
+    tasks, indptr = f.arrays["tasks"], f.arrays["indptr"]
+    with loop(ntasks, "parallel") as t:
+        b0 = bind(tasks[t])
+        nbr = bind(tasks[t + 1] - b0)
+        stage = T.decl_buffer((lanes * blocks.padded,), F32, scope="global")
+        with loop(nbr // span) as q:
+            with loop(span) as s:
+                br = bind(b0 + q * span + s)
+                start = bind(indptr[br])
+                count = bind(indptr[br + 1] - start)
+
+                def staged(r0, w, br=br, start=start, count=count, s=s):
+                    tile(br, start, count, r0, w, 0, r, stage, s * r)
+
+                if nfull:
+                    with loop(nfull) as b:
+                        staged(b * blocks.width, blocks.width)
+                if nfull < len(widths):
+                    staged(nfull * blocks.width, widths[-1])
+            o0 = (b0 + q * span) * r
+            if nfull:
+                with loop(nfull) as b:
+                    transpose_store(f, stage, b * blocks.width, blocks.width, o0, lanes,
+                                    offset=b * blocks.width, stride=blocks.padded)
+            if nfull < len(widths):
+                r0 = nfull * blocks.width
+                transpose_store(f, stage, r0, widths[-1], o0, lanes, offset=r0,
+                                stride=blocks.padded)
+        with loop(nbr % span) as rr:
+            br = bind(b0 + nbr // span * span + rr)
+            start = bind(indptr[br])
+            body(br, start, bind(indptr[br + 1] - start))
 
 
 def _chunk(indptr: np.ndarray, c: int) -> int:

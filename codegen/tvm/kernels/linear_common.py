@@ -358,17 +358,19 @@ def store_row_lanes(f: LinearFunc, acc, r0, width: int, o, offset: int = 0):
         T.buffer_store(f.Y, acc[offset + l], [r0 + l, o])
 
 
-def transpose_store(f: LinearFunc, stage, r0, width: int, o0, lanes: int, offset: int = 0):
-    """Y[r0 + l, o0 + g] = stage[offset + g * width + l] for g < lanes and the valid rows
-    l < width.
+def transpose_store(f: LinearFunc, stage, r0, width: int, o0, lanes: int, offset=0,
+                    stride: int | None = None):
+    """Y[r0 + l, o0 + g] = stage[offset + g * stride + l] for g < lanes and the valid rows
+    l < width (``stride`` defaults to ``width``).
 
     ``stage`` holds the finished outputs of ``lanes`` consecutive output columns, one row of
     ``width`` rows each. Each lanes x lanes square is transposed in registers (log2(lanes)
     butterfly stages, each swapping the off-diagonal blocks of every 2s x 2s block with
     two-vector shuffles: lanes * log2(lanes) shuffles) and stored as one vector of ``lanes``
     outputs per row: 16 vector stores instead of 256 scalar ones (AVX-512)."""
+    stride = width if stride is None else stride
     for h in range(width // lanes):
-        vecs = [T.Bind(stage[T.Ramp(offset + g * width + h * lanes, 1, lanes)])
+        vecs = [T.Bind(stage[T.Ramp(offset + g * stride + h * lanes, 1, lanes)])
                 for g in range(lanes)]
         s = lanes // 2
         while s >= 1:

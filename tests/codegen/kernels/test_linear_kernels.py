@@ -176,7 +176,7 @@ def test_forced_paths(layout, path, rows):
     _check(layout, 40, 64, rows, 0.4, knobs={"path": path}, seed=3)
 
 
-@pytest.mark.parametrize("layout", ["csr", "nm2:4", "bsr16x1", "bsr8x1"])
+@pytest.mark.parametrize("layout", ["csr", "nm2:4", "bsr16x1", "bsr8x1", "bsr4x4", "bsr2x3"])
 @pytest.mark.parametrize("rows", [9, 37, 64])
 @pytest.mark.parametrize("transposed", [True, False])
 def test_transposed_output_stores(layout, rows, transposed):
@@ -186,7 +186,7 @@ def test_transposed_output_stores(layout, rows, transposed):
     steps = [S("bias"), S("relu"), S("residual")]
     _check(layout, 304, 96, rows, 0.3, steps=steps, seed=rows,
            knobs={"transpose_store": transposed})
-    if layout == "bsr8x1":  # 8 rows on 8 lanes: whole groups on AVX2
+    if layout in ("bsr8x1", "bsr4x4"):  # 8 lanes: one block row, or two, per group
         _check(layout, 304, 96, rows, 0.3, steps=steps, seed=rows,
                target=_host_target("x86-64-v3"), knobs={"transpose_store": transposed})
 
