@@ -66,7 +66,9 @@ def measured_points(points: list[dict]) -> list[Measured]:
 def choice(m: Measured, spec: TargetSpec) -> str:
     """The layout the model picks at this point (restricted to the measured candidates)."""
     times = {k: v for k, v in estimate_times(m.entry, m.rows, spec).items() if k in m.ms}
-    return decide(m.entry, times, spec, m.rows)[0] if "dense" in times else min(times, key=times.get)
+    if "dense" not in times:
+        return min(times, key=times.get)
+    return decide(m.entry, times, spec, m.rows)[0]
 
 
 def regrets(points: list[Measured], spec: TargetSpec) -> list[float]:

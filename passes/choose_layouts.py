@@ -19,8 +19,9 @@ the kernels' two paths: one row (vectorized along the weight) and several rows (
 transposed, vectorized over rows, which are padded to a multiple of the vector lanes:
 ``prows``) and in blocks of 2 vectors of rows, each block streaming the weight once
 (``_weight_passes``: ``stored_bytes`` counts once per pass). At batch 1 most layers are bound
-by streaming the weight, which is where sparsity pays most. The rates and the bandwidth are calibrated per instruction set from
-``benchmarks.kernels`` measurements (``benchmarks/calibrate.py``, ``targets/calibration``).
+by streaming the weight, which is where sparsity pays most. The rates and the bandwidth are
+calibrated per instruction set from ``benchmarks.kernels`` measurements
+(``benchmarks/calibrate.py``, ``targets/calibration``).
 
 with ``[O, K]`` the weight as ``[out, in]`` (Conv: ``K = C*kh*kw``). Candidates are dense,
 csr, bsr at the analysed block (``stats.block``, which divides the shape by construction),
@@ -28,8 +29,8 @@ nm at the analysed N:M (``stats.nm``), and chw-spmm for 1x1 / stride-1 / unpadde
 only layout kinds the target supports. Ties go to the more specialised kernel, in the
 order chw-spmm, bsr, nm, csr. The fastest sparse candidate is chosen when
 ``t(dense) / t(sparse) >= min_speedup``; otherwise the op stays dense. Layers doing fewer
-than ``min_macs`` multiply-adds a call (weights x rows) stay dense, and a weight holding NaN/Inf stays dense with
-a ``SparsecWarning``.
+than ``min_macs`` multiply-adds a call (weights x rows) stay dense, and a weight holding
+NaN/Inf stays dense with a ``SparsecWarning``.
 
 A forced layout (``CompileOptions.forced_layout(node, weight)``) always wins, but one that
 does not fit raises ``LayoutError`` naming the node, the weight and why: the target does

@@ -91,14 +91,25 @@ def _value(f: LinearFunc, r: int, c: int, q, i, jj):
 
 def _block_rows(f: LinearFunc, ntasks: int, body):
     """Parallel over tasks; body(br, start, count) for every block row of the task."""
-    tasks, indptr = f.arrays["tasks"], f.arrays["indptr"]
     with loop(ntasks, "parallel") as t:
-        b0 = bind(tasks[t])
-        nbr = bind(tasks[t + 1] - b0)
+        b0, nbr = _task(f, t)
         with loop(nbr) as bb:
             br = bind(b0 + bb)
-            start = bind(indptr[br])
-            body(br, start, bind(indptr[br + 1] - start))
+            body(br, *_blocks_of(f, br))
+
+
+def _task(f: LinearFunc, t):
+    """(first block row, block rows) of task t."""
+    tasks = f.arrays["tasks"]
+    b0 = bind(tasks[t])
+    return b0, bind(tasks[t + 1] - b0)
+
+
+def _blocks_of(f: LinearFunc, br):
+    """(first block, block count) of block row br."""
+    indptr = f.arrays["indptr"]
+    start = bind(indptr[br])
+    return start, bind(indptr[br + 1] - start)
 
 
 def _in_groups(total: int, size: int, emit):
@@ -175,15 +186,8 @@ def _rows_path(f: LinearFunc, r: int, c: int, lanes: int, budget: int, ntasks: i
             for i in range(ih):
                 store_row_lanes(f, out, r0, w, br * r + i0 + i, offset=i * w)
 
-    widths = blocks.widths
-    nfull = sum(1 for w in widths if w == blocks.width)
-
     def rows_of_x(br, start, count, i0, ih):
-        if nfull:
-            with loop(nfull) as b:
-                tile(br, start, count, b * blocks.width, blocks.width, i0, ih)
-        if nfull < len(widths):
-            tile(br, start, count, nfull * blocks.width, widths[-1], i0, ih)
+        blocks.each(lambda r0, w: tile(br, start, count, r0, w, i0, ih))
 
     def body(br, start, count):
         _in_groups(r, group, lambda i0, ih: rows_of_x(br, start, count, i0, ih))
@@ -195,38 +199,20 @@ def _rows_path(f: LinearFunc, r: int, c: int, lanes: int, budget: int, ntasks: i
     # Blocks shorter than the lanes: `span` block rows fill a stage of `lanes` output rows
     # for every X row, which goes out through ``transpose_store``; the remaining block
     # rows of the task store as above.
-    tasks, indptr = f.arrays["tasks"], f.arrays["indptr"]
     with loop(ntasks, "parallel") as t:
-        b0 = bind(tasks[t])
-        nbr = bind(tasks[t + 1] - b0)
+        b0, nbr = _task(f, t)
         stage = T.decl_buffer((lanes * blocks.padded,), F32, scope="global")
         with loop(nbr // span) as q:
             with loop(span) as s:
                 br = bind(b0 + q * span + s)
-                start = bind(indptr[br])
-                count = bind(indptr[br + 1] - start)
-
-                def staged(r0, w, br=br, start=start, count=count, s=s):
-                    tile(br, start, count, r0, w, 0, r, stage, s * r)
-
-                if nfull:
-                    with loop(nfull) as b:
-                        staged(b * blocks.width, blocks.width)
-                if nfull < len(widths):
-                    staged(nfull * blocks.width, widths[-1])
+                start, count = _blocks_of(f, br)
+                blocks.each(lambda r0, w: tile(br, start, count, r0, w, 0, r, stage, s * r))
             o0 = (b0 + q * span) * r
-            if nfull:
-                with loop(nfull) as b:
-                    transpose_store(f, stage, b * blocks.width, blocks.width, o0, lanes,
-                                    offset=b * blocks.width, stride=blocks.padded)
-            if nfull < len(widths):
-                r0 = nfull * blocks.width
-                transpose_store(f, stage, r0, widths[-1], o0, lanes, offset=r0,
-                                stride=blocks.padded)
+            blocks.each(lambda r0, w: transpose_store(f, stage, r0, w, o0, lanes, offset=r0,
+                                                      stride=blocks.padded))
         with loop(nbr % span) as rr:
             br = bind(b0 + nbr // span * span + rr)
-            start = bind(indptr[br])
-            body(br, start, bind(indptr[br + 1] - start))
+            body(br, *_blocks_of(f, br))
 
 
 def _chunk(indptr: np.ndarray, c: int) -> int:

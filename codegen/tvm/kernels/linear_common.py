@@ -306,6 +306,16 @@ class RowBlocks:
         full, rest = divmod(self.padded, self.width)
         return [self.width] * full + ([rest] if rest else [])
 
+    def each(self, emit) -> None:
+        """``emit(r0, width)`` for every block: one loop over the full-width blocks (its
+        body emitted once), then the narrower last block if there is one."""
+        full, rest = divmod(self.padded, self.width)
+        if full:
+            with loop(full) as b:
+                emit(b * self.width, self.width)
+        if rest:
+            emit(full * self.width, rest)
+
 
 def row_blocks(rows: int, lanes: int, block_vectors: int) -> RowBlocks:
     padded = -(-rows // lanes) * lanes

@@ -12,10 +12,10 @@
   row-major, so one output row's results go to a column of Y: they wait in a stage of
   ``lanes`` output rows, which ``transpose_store`` transposes in registers and writes as
   one vector per row of X (3072x768 at 5%, 32 rows: 0.21 -> 0.095 ms; scalar stores were
-  half the work of a short row). Walking the rows in column panels, so that XT's panel stays in
-  L1, was measured twice and is slower (768x3072 at 128 rows: 1.34 against 1.29 ms;
-  3072x768: 1.82 against 1.07; 4096x4096 at 5%: 6.6 against 4.4): the per-(row, panel)
-  setup and partial sums cost more than the L2 loads they save.
+  half the work of a short row). Walking the rows in column panels, so that XT's panel
+  stays in L1, was measured twice and is slower (768x3072 at 128 rows: 1.34 against 1.29
+  ms; 3072x768: 1.82 against 1.07; 4096x4096 at 5%: 6.6 against 4.4): the per-(row,
+  panel) setup and partial sums cost more than the L2 loads they save.
 - nonzero path, R == 1 (GEMV): per output row, the nonzeros in chunks of one vector:
   ``acc[r, :] += values[j:j+V] * X[r, indices[j:j+V]]`` (a gather), a scalar tail, then a
   horizontal sum and the epilogue.
@@ -131,16 +131,10 @@ def emit_rows_path(f: LinearFunc, lanes: int, ntasks: int, task_rows, entries, t
         with loop(n % group) as rr:
             tile(o0 + n // group * group + rr, r0, w)
 
-    widths = blocks.widths
-    nfull = sum(1 for w in widths if w == blocks.width)
     with loop(ntasks, "parallel") as t:
         o0, n = task_rows(t)
         o0, n = bind(o0), bind(n)
-        if nfull:
-            with loop(nfull) as b:
-                block_rows(o0, n, b * blocks.width, blocks.width)
-        if nfull < len(widths):
-            block_rows(o0, n, nfull * blocks.width, widths[-1])
+        blocks.each(lambda r0, w: block_rows(o0, n, r0, w))
 
 
 def emit_nnz_path(f: LinearFunc, lanes: int, ntasks: int, task_rows, entries, term, hw: bool):
