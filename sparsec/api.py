@@ -6,8 +6,6 @@ directory -> verification. Nothing is written where the user asked until ``save`
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from sparsec.options import CompileOptions
 from sparsec.plan import Plan
 from sparsec.progress import Stages
 from sparsec.runtime import CompiledModel, load  # noqa: F401 - re-exported
+from sparsec.scratch import scratch_dir
 
 
 def _options(options: CompileOptions | None, kw: dict[str, Any]) -> CompileOptions:
@@ -62,47 +61,48 @@ def compile(source: Any, *, example_inputs: tuple | None = None,  # noqa: A001 -
     target = registry.get(opts.target)
     target.check_toolchain()
     stages = Stages(["capture", "passes", "codegen", "package", "verify"], opts.progress)
-    staging = Path(tempfile.mkdtemp(prefix="sparsec-build-"))
     try:
-        t0 = time.perf_counter()
-        stages.step("capture")
-        captured = frontend.load(source, opts.input_shapes, example_inputs)
-        target.check_ops(captured.onnx_proto)
-        stages.done("capture")
+        # The staging directory becomes the CompiledModel's (removed when it is collected)
+        # or, if anything fails or is interrupted, is removed here.
+        with scratch_dir("sparsec-build-") as staging:
+            t0 = time.perf_counter()
+            stages.step("capture")
+            captured = frontend.load(source, opts.input_shapes, example_inputs)
+            target.check_ops(captured.onnx_proto)
+            stages.done("capture")
 
-        stages.step("passes")
-        model, plan = pipeline.run(captured.model, opts, target.spec)
-        stages.done("passes")
+            stages.step("passes")
+            model, plan = pipeline.run(captured.model, opts, target.spec)
+            stages.done("passes")
 
-        stages.step(f"codegen ({opts.target})")
-        host = target.host()
-        built = _build(target, model, host)
-        stages.done("codegen")
+            stages.step(f"codegen ({opts.target})")
+            host = target.host()
+            built = _build(target, model, host)
+            stages.done("codegen")
 
-        stages.step("package")
-        lib = staging / target.library_name
-        target.export(built, lib)
-        weights = staging / "weights.safetensors"
-        save_file({k: np.ascontiguousarray(v) for k, v in built.params.items()}, str(weights))
-        manifest = _manifest(captured, plan, built, opts, host, target.library_name, t0)
-        runner = target.load(lib)
-        cm = CompiledModel(manifest, runner, {target.library_name: lib, "weights.safetensors": weights},
-                           list(built.params.values()), staging=staging)
-        stages.done("package")
+            stages.step("package")
+            lib = staging / target.library_name
+            target.export(built, lib)
+            weights = staging / "weights.safetensors"
+            save_file({k: np.ascontiguousarray(v) for k, v in built.params.items()}, str(weights))
+            manifest = _manifest(captured, plan, built, opts, host, target.library_name, t0)
+            runner = target.load(lib)
+            files = {target.library_name: lib, "weights.safetensors": weights}
+            cm = CompiledModel(manifest, runner, files, list(built.params.values()),
+                               staging=staging)
+            stages.done("package")
 
-        if opts.verify:
-            stages.step("verify")
-            result = verify.check(cm, captured, opts.rtol, opts.atol, opts.seed)
-            if not result.ok:
-                result.first_divergence = _diagnose(target, model, host, plan, captured, cm, opts)
-                raise VerificationError(result.summary() + (
-                    f"; {result.first_divergence}" if result.first_divergence else ""))
-            manifest["verification"] = result.to_dict()
-            stages.done("verify")
-        return cm
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+            if opts.verify:
+                stages.step("verify")
+                result = verify.check(cm, captured, opts.rtol, opts.atol, opts.seed)
+                if not result.ok:
+                    result.first_divergence = _diagnose(target, model, host, plan, captured,
+                                                        cm, opts)
+                    raise VerificationError(result.summary() + (
+                        f"; {result.first_divergence}" if result.first_divergence else ""))
+                manifest["verification"] = result.to_dict()
+                stages.done("verify")
+            return cm
     finally:
         stages.close()
 
@@ -158,16 +158,13 @@ def _diagnose(target, model, host, plan: Plan, captured, cm: CompiledModel, opts
         return None
     try:
         built = _build(target, model, host, tuple(v for v, _, _ in layers))
-        debug_dir = Path(tempfile.mkdtemp(prefix="sparsec-debug-"))
-        try:
+        with scratch_dir("sparsec-debug-", keep=False) as debug_dir:
             lib = debug_dir / target.library_name
             target.export(built, lib)
             runner = target.load(lib)
             runner.set_params(list(built.params.values()))
             inputs = verify.random_inputs(cm.inputs, opts.seed)
             outs = runner(inputs)
-        finally:
-            shutil.rmtree(debug_dir, ignore_errors=True)
         named = dict(zip(built.output_names, outs))
         feeds = {s["name"]: x for s, x in zip(cm.inputs, inputs)}
         return verify.first_divergence(named, layers, captured, feeds, opts.rtol, opts.atol)

@@ -19,12 +19,12 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 
 from sparsec.errors import ArtifactError
+from sparsec.scratch import scratch_dir
 
 FORMAT = "sparsec-artifact"
 FORMAT_VERSION = 1
@@ -62,8 +62,8 @@ def write(dest: Path, files: dict[str, Path], manifest: dict[str, Any]) -> Path:
     if dest.exists() and not replaceable:
         raise ArtifactError(f"'{dest}' exists and is not a sparsec artifact; refusing to replace it")
     _remove_stale_stages(parent, dest.name)
-    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{os.getpid()}-", dir=parent))
-    try:
+    # Removed if anything fails or is interrupted; on success it has become `dest`.
+    with scratch_dir(f".{dest.name}.tmp-{os.getpid()}-", parent) as stage:
         manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION, files={})
         for name, src in files.items():
             _check_name(name)
@@ -83,9 +83,6 @@ def write(dest: Path, files: dict[str, Path], manifest: dict[str, Any]) -> Path:
         else:
             os.replace(stage, dest)
         _fsync_dir(parent)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     return dest
 
 
