@@ -92,7 +92,9 @@ def verify_stats(entry: PlanEntry) -> None:
 def _expected_inputs(entry: PlanEntry) -> int:
     n_arrays = len(pack(_probe(entry), entry.layout).arrays)
     kinds = [e.op for e in entry.epilogue]
-    return 1 + n_arrays + ("bias" in kinds) + ("residual" in kinds)
+    dw = entry.depthwise
+    dw_inputs = 0 if dw is None else 1 + any(e.op == "bias" for e in dw.epilogue)
+    return 1 + n_arrays + ("bias" in kinds) + ("residual" in kinds) + dw_inputs
 
 
 def _probe(entry: PlanEntry) -> np.ndarray:
@@ -128,7 +130,9 @@ def verify_plan(graph: ir.Graph, plan: Plan) -> None:
                                      f"{want} {entry.layout}")
             if len(sparse.inputs) != _expected_inputs(entry):
                 raise InvariantError(f"{where}: {sparse.op_type} has {len(sparse.inputs)} inputs")
-            if any(name in nodes and nodes[name] is not sparse for name in entry.fused_nodes):
+            fused = entry.fused_nodes + ([] if entry.depthwise is None else
+                                         [entry.depthwise.node, *entry.depthwise.fused_nodes])
+            if any(name in nodes and nodes[name] is not sparse for name in fused):
                 raise InvariantError(f"{where}: a fused node is still in the graph")
             continue
         node = nodes.get(entry.node)

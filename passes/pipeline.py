@@ -32,6 +32,7 @@ from .choose_layouts import ChooseLayoutsPass
 from .cleanup import CleanupPass, FinalCleanupPass, NameNodesPass, ShapesPass
 from .fold_batchnorm import FoldBatchNormPass
 from .fold_transpose import FoldTransposePass
+from .fuse_depthwise import FuseDepthwisePass
 from .lower_sparse_ops import LowerSparseOpsPass
 from .mark_epilogues import MarkEpiloguesPass
 from .shrink_zero_channels import ShrinkZeroChannelsPass
@@ -71,6 +72,9 @@ def lowering_steps(plan: Plan, options: CompileOptions) -> list[Step]:
     return [
         # Every planned op + its epilogue -> one ai.sparsec SparseLinear / SparseConv node.
         ("lower_sparse_ops", LowerSparseOpsPass(plan, options.fuse_epilogues)),
+        # A depthwise conv (+ activation) after a sparse 1x1 conv joins that conv's node.
+        ("fuse_depthwise", FuseDepthwisePass(
+            plan, enabled=options.fuse_epilogues and options.fuse_depthwise)),
         # Original weights and dead nodes removed; unused opsets dropped; sorted.
         ("final_cleanup", FinalCleanupPass()),
     ]

@@ -13,16 +13,21 @@ Inputs, in this order:
   1.. the layout's format arrays (``sparsec.formats``, in their dict order), as initializers
   then ``bias`` [out] when "bias" is in the epilogue
   then ``residual`` (Y's shape) when "residual" is in the epilogue
+  then, for a SparseConv with a fused depthwise conv, ``dw_weight`` [O, 1, kh, kw] and
+  ``dw_bias`` [O] when "bias" is in ``dw_epilogue``
 
 Attributes:
   layout (str), out_features (int), in_features (int), entry (str: the Plan entry's node),
   epilogue (strings, in order, from ``sparsec.plan.EPILOGUE_OPS``), clip_min/clip_max (float);
-  SparseConv also: kernel_shape, strides, pads (top, left, bottom, right), dilations.
+  SparseConv also: kernel_shape, strides, pads (top, left, bottom, right), dilations; and
+  with a fused depthwise conv (``passes/fuse_depthwise.py``): dw_kernel_shape, dw_strides,
+  dw_pads, dw_epilogue (+ dw_clip_min/dw_clip_max). Then
+  ``Y = dw_epilogue(depthwise_conv2d(epilogue(conv2d(X, W)), dw_weight))``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from math import erf, sqrt
 
@@ -48,6 +53,12 @@ class SparseOpSpec:
     epilogue: list[EpilogueStep]
     array_names: list[str]  # format array input names, in order
     conv: ConvAttrs | None = None
+    depthwise: ConvAttrs | None = None  # a fused depthwise conv after the conv (group = out)
+    dw_epilogue: list[EpilogueStep] = field(default_factory=list)
+
+    @property
+    def has_dw_bias(self) -> bool:
+        return any(s.op == "bias" for s in self.dw_epilogue)
 
     @property
     def has_bias(self) -> bool:
@@ -58,12 +69,12 @@ class SparseOpSpec:
         return any(s.op == "residual" for s in self.epilogue)
 
 
-def epilogue_attrs(steps: list[EpilogueStep]) -> dict[str, object]:
-    attrs: dict[str, object] = {"epilogue": [s.op for s in steps]}
+def epilogue_attrs(steps: list[EpilogueStep], prefix: str = "") -> dict[str, object]:
+    attrs: dict[str, object] = {f"{prefix}epilogue": [s.op for s in steps]}
     for s in steps:
         if s.op == "clip":
-            attrs["clip_min"] = float(-np.inf if s.min is None else s.min)
-            attrs["clip_max"] = float(np.inf if s.max is None else s.max)
+            attrs[f"{prefix}clip_min"] = float(-np.inf if s.min is None else s.min)
+            attrs[f"{prefix}clip_max"] = float(np.inf if s.max is None else s.max)
     return attrs
 
 

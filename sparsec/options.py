@@ -25,6 +25,7 @@ class CompileOptions:
     seed: int = 0
     shrink_zero_channels: bool = True
     fuse_epilogues: bool = True
+    fuse_depthwise: bool = True  # a sparse 1x1 conv computes the depthwise conv after it
     num_threads: int | None = None  # None: all cores
     progress: bool = False  # show progress bars (the CLI turns this on for a terminal)
 

@@ -69,6 +69,25 @@ class ConvAttrs:
 
 
 @dataclass
+class DepthwiseFusion:
+    """A depthwise conv (and its activation) fused into the sparse 1x1 conv before it, so
+    the expanded tensor between them never goes to memory (``passes/fuse_depthwise.py``)."""
+
+    node: str  # the depthwise Conv node
+    weight: str  # its [C, 1, kh, kw] initializer
+    conv: ConvAttrs  # group == C
+    epilogue: list[EpilogueStep] = field(default_factory=list)  # bias (the Conv's B), relu/clip
+    fused_nodes: list[str] = field(default_factory=list)  # the activation nodes absorbed
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DepthwiseFusion:
+        d = dict(d)
+        d["conv"] = ConvAttrs.from_dict(d["conv"])
+        d["epilogue"] = [EpilogueStep.from_dict(e) for e in d.get("epilogue", [])]
+        return cls(**d)
+
+
+@dataclass
 class PlanEntry:
     node: str  # ONNX node name of the weight-bearing op (before fusion)
     op: str  # MatMul | Gemm | Conv
@@ -88,6 +107,7 @@ class PlanEntry:
     source_stats: SparsityStats | None = None
     source_shape: tuple[int, ...] | None = None
     estimated_speedup: float | None = None  # cost model: dense time / chosen layout time
+    depthwise: DepthwiseFusion | None = None  # a depthwise conv fused after this 1x1 conv
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PlanEntry:
@@ -101,6 +121,8 @@ class PlanEntry:
         d["epilogue"] = [EpilogueStep.from_dict(e) for e in d.get("epilogue", [])]
         if d.get("conv") is not None:
             d["conv"] = ConvAttrs.from_dict(d["conv"])
+        if d.get("depthwise") is not None:
+            d["depthwise"] = DepthwiseFusion.from_dict(d["depthwise"])
         return cls(**d)
 
     def report_row(self) -> dict[str, Any]:
@@ -109,6 +131,8 @@ class PlanEntry:
         reason = self.reason
         if self.removed_rows:
             reason += f"; {self.removed_rows} all-zero output channels removed"
+        if self.depthwise is not None:
+            reason += f"; fused with depthwise {self.depthwise.node}"
         return {
             "name": self.node,
             "op": self.op,

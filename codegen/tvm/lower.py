@@ -48,10 +48,13 @@ class Built:
 def read_spec(node: onnx.NodeProto, n_arrays: int) -> SparseOpSpec:
     a = {x.name: onnx.helper.get_attribute_value(x) for x in node.attribute}
     dec = lambda v: v.decode() if isinstance(v, bytes) else v  # noqa: E731
-    conv = None
+    conv = dw = None
     if node.op_type == ops.CONV:
         conv = ConvAttrs(tuple(a["kernel_shape"]), tuple(a.get("strides", (1, 1))),
                          tuple(a.get("pads", (0, 0, 0, 0))), tuple(a.get("dilations", (1, 1))))
+        if "dw_kernel_shape" in a:
+            dw = ConvAttrs(tuple(a["dw_kernel_shape"]), tuple(a["dw_strides"]),
+                           tuple(a["dw_pads"]), (1, 1), int(a["out_features"]))
     return SparseOpSpec(
         op_type=node.op_type,
         layout=dec(a["layout"]),
@@ -62,13 +65,18 @@ def read_spec(node: onnx.NodeProto, n_arrays: int) -> SparseOpSpec:
                                          a.get("clip_min"), a.get("clip_max")),
         array_names=list(node.input[1:1 + n_arrays]),
         conv=conv,
+        depthwise=dw,
+        dw_epilogue=ops.epilogue_from_attrs([dec(s) for s in a.get("dw_epilogue", [])],
+                                            a.get("dw_clip_min"), a.get("dw_clip_max")),
     )
 
 
 def _n_arrays(node: onnx.NodeProto) -> int:
     a = {x.name: onnx.helper.get_attribute_value(x) for x in node.attribute}
-    steps = [s.decode() if isinstance(s, bytes) else s for s in a.get("epilogue", [])]
-    return len(node.input) - 1 - ("bias" in steps) - ("residual" in steps)
+    dec = lambda v: v.decode() if isinstance(v, bytes) else v  # noqa: E731
+    steps = [dec(s) for s in a.get("epilogue", [])]
+    dw = 0 if "dw_kernel_shape" not in a else 1 + ("bias" in [dec(s) for s in a["dw_epilogue"]])
+    return len(node.input) - 1 - ("bias" in steps) - ("residual" in steps) - dw
 
 
 def _normalize_constants(proto: onnx.ModelProto) -> None:
@@ -178,6 +186,7 @@ class _Importer(tvm_onnx.ONNXGraphImporter):
         extra = list(inputs[1 + n:])
         bias = extra.pop(0) if spec.has_bias else None
         residual = extra.pop(0) if spec.has_residual else None
+        dw = extra  # dw_weight and dw_bias, when a depthwise conv is fused
         in_shape = [int(d) for d in x.ty.shape]
         if spec.op_type == ops.LINEAR:
             rows = int(np.prod(in_shape[:-1])) if len(in_shape) > 1 else 1
@@ -194,6 +203,7 @@ class _Importer(tvm_onnx.ONNXGraphImporter):
         if residual is not None:
             args.append(bb.emit(relax.op.reshape(residual, kernel_out))
                         if list(kernel_out) != out_shape else residual)
+        args += dw
         try:
             func = kernel_for(spec).build(spec, kernel_in, prepared, self._target, None)
         except Exception as exc:
@@ -217,11 +227,14 @@ def _ident(name: str) -> str:
 
 def _conv_out_shape(spec: SparseOpSpec, in_shape: list[int]) -> list[int]:
     n, _, h, w = in_shape
-    (kh, kw), (sh, sw) = spec.conv.kernel_shape, spec.conv.strides
-    (pt, pl, pb, pr), (dh, dw) = spec.conv.pads, spec.conv.dilations
-    oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
-    return [n, spec.out_features, oh, ow]
+    for conv in (spec.conv, spec.depthwise):
+        if conv is None:
+            continue
+        (kh, kw), (sh, sw) = conv.kernel_shape, conv.strides
+        (pt, pl, pb, pr), (dh, dw) = conv.pads, conv.dilations
+        h = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+        w = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    return [n, spec.out_features, h, w]
 
 
 def build(model: ir.Model, target, pipeline, extra_outputs: tuple[str, ...] = ()) -> Built:

@@ -104,7 +104,31 @@ def sparse_reference(node: ir.Node, values: dict[str, np.ndarray]) -> np.ndarray
     if node.op_type == ops.LINEAR:
         acc = x.astype(np.float64) @ w.T.astype(np.float64)
         return ops.apply_epilogue(acc, steps, bias, residual, channel_axis=-1)
-    return ops.apply_epilogue(_conv2d(x, w, node), steps, bias, residual, channel_axis=1)
+    y = ops.apply_epilogue(_conv2d(x, w, node), steps, bias, residual, channel_axis=1)
+    if node.attributes.get_ints("dw_kernel_shape", None) is None:
+        return y
+    dw_steps = ops.epilogue_from_attrs(
+        list(node.attributes.get_strings("dw_epilogue")),
+        node.attributes.get_float("dw_clip_min", None),
+        node.attributes.get_float("dw_clip_max", None))
+    dw_w = rest.pop(0)
+    dw_bias = rest.pop(0) if any(s.op == "bias" for s in dw_steps) else None
+    return ops.apply_epilogue(_depthwise(y, dw_w, node), dw_steps, dw_bias, channel_axis=1)
+
+
+def _depthwise(x: np.ndarray, w: np.ndarray, node: ir.Node) -> np.ndarray:
+    """conv2d with group = channels, per the node's dw_* attributes."""
+    kh, kw = node.attributes.get_ints("dw_kernel_shape")
+    sh, sw = node.attributes.get_ints("dw_strides")
+    pt, pl, pb, pr = node.attributes.get_ints("dw_pads")
+    n, c, h, wd = x.shape
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    oh, ow = (h + pt + pb - kh) // sh + 1, (wd + pl + pr - kw) // sw + 1
+    out = np.zeros((n, c, oh, ow))
+    for i in range(kh):
+        for j in range(kw):
+            out += xp[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] * w[None, :, 0, i, j, None, None]
+    return out
 
 
 def _single_node(node: ir.Node, values: dict[str, np.ndarray], opset: int) -> list[np.ndarray]:

@@ -11,7 +11,9 @@ scheduled kernel. Params, in order: X (``in_shape``), the prepared arrays (dict 
 bias ``[out]`` if the epilogue has "bias", residual (Y's shape) if it has "residual",
 then Y. SparseLinear: X ``[rows, in]`` and Y ``[rows, out]`` (the lowering flattens leading
 dims); SparseConv: X ``[N, C, H, W]`` and Y ``[N, O, OH, OW]``. The PrimFunc carries
-``tirx.is_scheduled`` so no later schedule rule touches it.
+``tirx.is_scheduled`` so no later schedule rule touches it. A SparseConv with a fused
+depthwise conv (``spec.depthwise``) is keyed ``dw:<kind>`` and takes ``dw_weight`` and
+``dw_bias`` after bias (``conv_dw``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from sparsec.errors import CompileError
 from sparsec.layouts import parse_layout
 from sparsec.ops import SparseOpSpec
 
-_MODULES = ("linear_dense", "linear_csr", "linear_bsr", "linear_nm", "conv")
+_MODULES = ("linear_dense", "linear_csr", "linear_bsr", "linear_nm", "conv", "conv_dw")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ def _registry() -> dict[tuple[str, str], KernelDef]:
 
 def kernel_for(spec: SparseOpSpec) -> KernelDef:
     kind = parse_layout(spec.layout).kind
+    if spec.depthwise is not None:
+        kind = f"dw:{kind}"  # the conv and the depthwise conv after it (conv_dw)
     table = _registry()
     try:
         return table[(spec.op_type, kind)]

@@ -1,0 +1,284 @@
+"""Fused sparse 1x1 expand conv + depthwise conv: the expanded tensor never leaves cache.
+
+``D[n, e] = ep_d(dwconv(ep_e(sum_k We[e, k] * X[n, k]), Wd[e]))`` for an inverted-residual
+block's expand conv (``csr`` / ``chw-spmm`` weight ``We [E, C]``, 1x1, stride 1, no padding)
+followed by its depthwise conv (``Wd [E, kh*kw]``, group E, stride 1 or 2, zero padding).
+Unfused, the expand conv writes ``E x H x W`` floats (MobileNetV2-224's 16->96 expand: 4.8
+MB) that the depthwise conv reads back from L3 or from the other core's cache; fused, one
+channel at a time lives in a per-task buffer Z of ``(H+2)(W+2)`` floats in L1/L2:
+
+    for n: for task in parallel(channel ranges):
+      Z = 0                                  # its padding stays 0: only the interior is written
+      for e in task's channels:
+        for tile of X's pixels:              # the chw-spmm loop, vectorized over pixels
+          acc = sum over e's nonzeros k of We[e, k] * X[n, k, tile]
+          Z[interior of tile] = ep_e(acc)    # stride 2: deinterleaved into the 4 phase planes
+        for tile of D[n, e]'s rows:          # kh*kw taps, each a contiguous run of Z
+          D[n, e, tile] = ep_d(sum_taps Wd[e, tap] * Z[plane(tap) + shift(tap) + tile])
+
+Z is cut into stride-phase planes like ``conv_geometry``'s shifted source: padded pixel
+(pu, pv) lives in plane ``(pu % s, pv % s)`` at ``(pu // s, pv // s)``, so tap (i, j) of output
+pixel (oh, ow) reads plane ``(i % s, j % s)`` at ``(oh + i // s, ow + j // s)`` and a tile of
+whole wide rows (``Wq`` columns, the ones past ``OW`` computed and dropped) is one contiguous
+run per tap. The stride-2 scatter deinterleaves pairs of vectors with two shuffles.
+
+Knobs: ``vector_lanes``, ``threads`` (as ``conv``), ``tile_lanes`` (pixels per tile, both
+loops).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.tirx.script import builder as T
+
+from sparsec.codegen.tvm.kernels import KernelDef
+from sparsec.codegen.tvm.kernels import epilogue as epi
+from sparsec.codegen.tvm.kernels.conv import _cores, _prepare_same, simd_lanes
+from sparsec.codegen.tvm.kernels.conv_geometry import F32, pow2_pieces, vloop
+from sparsec.codegen.tvm.kernels.conv_inner import _i32, span
+from sparsec.errors import CompileError
+from sparsec.ops import SparseOpSpec
+from sparsec.plan import ConvAttrs
+
+TASKS_PER_CORE = 4  # channel ranges per core (each task zeroes its own Z once per image)
+
+
+@dataclass(frozen=True)
+class DwGeometry:
+    """Shapes of the fused pair on one input shape."""
+
+    n: int
+    c: int
+    h: int
+    w: int
+    e: int  # expanded channels
+    kh: int
+    kw: int
+    s: int  # stride (both axes)
+    pt: int
+    pl: int
+    oh: int
+    ow: int
+    hq: int  # plane rows
+    wq: int  # plane columns
+
+    @property
+    def plane(self) -> int:
+        return self.hq * self.wq
+
+    @property
+    def z_size(self) -> int:
+        # rows-mode tiles read up to (kw - 1) // s past a plane's end (junk columns)
+        return self.s * self.s * self.plane + self.wq + 64
+
+
+def dw_geometry(dw: ConvAttrs, in_shape, e: int, entry: str) -> DwGeometry:
+    n, c, h, w = (int(d) for d in in_shape)
+    (kh, kw), (sh, sw) = dw.kernel_shape, dw.strides
+    pt, pl, pb, pr = dw.pads
+    if tuple(dw.dilations) != (1, 1) or sh != sw or sh not in (1, 2):
+        raise CompileError(f"codegen/tvm: fused depthwise after {entry}: needs stride 1 or 2 on "
+                           f"both axes and no dilation, got strides {tuple(dw.strides)}, "
+                           f"dilations {tuple(dw.dilations)}")
+    if sh == 2 and w % 2:
+        raise CompileError(f"codegen/tvm: fused depthwise after {entry}: stride 2 needs an even "
+                           f"width, got {w}")
+    hp, wp = h + pt + pb, w + pl + pr
+    oh, ow = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    if oh <= 0 or ow <= 0 or min(dw.pads) < 0:
+        raise CompileError(f"codegen/tvm: fused depthwise after {entry}: empty output or "
+                           f"negative pads (input {h}x{w}, kernel {kh}x{kw}, pads {dw.pads})")
+    return DwGeometry(n, c, h, w, e, kh, kw, sh, pt, pl, oh, ow, -(-hp // sh), -(-wp // sh))
+
+
+def _tiles(rows: int, cols: int, budget: int):
+    """Row tiles of ``rows x cols`` for at most ``budget`` lanes: ("rows", R, count, tail R)
+    when whole rows fit, else ("seg", [(col0, width)...]) per row."""
+    if cols <= budget:
+        r = max(1, min(rows, budget // cols))
+        return "rows", r, rows // r, rows % r
+    segs = [(c0, min(budget, cols - c0)) for c0 in range(0, cols, budget)]
+    return "seg", segs
+
+
+def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
+          knobs=None) -> tirx.PrimFunc:
+    """PrimFunc ``(x, values, indices, indptr, [bias], dw_weight, [dw_bias], y)`` of a
+    SparseConv with ``spec.depthwise``."""
+    knobs = dict(knobs or {})
+    vl = simd_lanes(target, knobs)
+    dw_steps = spec.dw_epilogue
+    c = spec.conv
+    if (tuple(c.kernel_shape) != (1, 1) or tuple(c.strides) != (1, 1) or any(c.pads)
+            or c.group != 1 or spec.has_residual):
+        raise CompileError(f"codegen/tvm: SparseConv {spec.entry}: a fused depthwise conv "
+                           f"needs a 1x1 conv with stride 1, no padding and no residual")
+    if int(in_shape[1]) != spec.in_features:
+        raise CompileError(f"codegen/tvm: SparseConv {spec.entry}: input has {in_shape[1]} "
+                           f"channels, the weight in_features {spec.in_features}")
+    g = dw_geometry(spec.depthwise, in_shape, spec.out_features, spec.entry)
+    budget = int(knobs.get("tile_lanes", 4 * vl))
+    if g.s == 2:
+        budget -= budget % 2
+    cores = _cores(target, knobs)
+    tasks = max(1, min(g.e, TASKS_PER_CORE * cores))
+    per = -(-g.e // tasks)
+    tasks = -(-g.e // per)
+    has_bias = spec.has_bias
+    has_dw_bias = spec.has_dw_bias
+    p = g.h * g.w
+    y_shape = (g.n, g.e, g.oh, g.ow)
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            x = T.arg("x", T.buffer((g.n, g.c, g.h, g.w), F32))
+            bufs = {name: T.arg(name, T.buffer(a.shape, str(a.dtype)))
+                    for name, a in arrays.items()}
+            bias = T.arg("bias", T.buffer((g.e,), F32)) if has_bias else None
+            bufs["dw_weight"] = T.arg("dw_weight", T.buffer((g.e, 1, g.kh, g.kw), F32))
+            dbias = T.arg("dw_bias", T.buffer((g.e,), F32)) if has_dw_bias else None
+            y = T.arg("y", T.buffer(y_shape, F32))
+            xf = T.decl_buffer((g.n * g.c * p,), F32, data=x.data)
+            yf = T.decl_buffer((g.n * g.e * g.oh * g.ow,), F32, data=y.data)
+            k = _Fused(spec, g, vl, budget, bufs, xf, yf, bias, dbias, dw_steps)
+            with T.serial(g.n) as n:
+                with T.parallel(tasks) as t:
+                    z = T.decl_buffer((g.z_size,), F32)
+                    vloop(g.z_size, lambda l: T.buffer_store(z, tirx.const(0.0, F32), [l]),
+                          chunk=vl)
+                    lo = T.Bind(t * per)
+                    with span(lo, T.min(lo + per, g.e)) as ch:
+                        k.expand(z, n, ch)
+                        k.depthwise(z, n, ch)
+    return ib.get()
+
+
+@dataclass
+class _Fused:
+    spec: object
+    g: DwGeometry
+    vl: int
+    budget: int
+    bufs: dict
+    xf: object
+    yf: object
+    bias: object
+    dbias: object
+    dw_steps: list
+
+    # ------------------------------------------------------------ expand: X -> Z interior
+
+    def expand(self, z, n, ch) -> None:
+        g = self.g
+        mode = _tiles(g.h, g.w, self.budget)
+        if mode[0] == "rows":
+            _, r, count, tail = mode
+            if count:
+                with T.serial(count) as rb:
+                    self._expand_tile(z, n, ch, T.Bind(rb * r), r, 0, g.w)
+            if tail:
+                self._expand_tile(z, n, ch, count * r, tail, 0, g.w)
+        else:
+            with T.serial(g.h) as u:
+                for c0, width in mode[1]:
+                    self._expand_tile(z, n, ch, u, 1, c0, width)
+
+    def _expand_tile(self, z, n, ch, u0, rows: int, v0: int, cols: int) -> None:
+        """E[ch, u0:u0+rows, v0:v0+cols] (a contiguous run of X's pixels) into Z."""
+        g, vals, idx, ptr = self.g, self.bufs["values"], self.bufs["indices"], self.bufs["indptr"]
+        width = rows * cols
+        p = g.h * g.w
+        acc = T.decl_buffer((width,), F32, scope="local")
+        stage = T.decl_buffer((width + 2 * self.vl,), F32, scope="local")
+        vloop(width, lambda l: T.buffer_store(acc, tirx.const(0.0, F32), [l]))
+        base = T.Bind(n * (g.c * p) + u0 * g.w + v0)
+        with span(ptr[ch], ptr[ch + 1]) as nz:
+            off = T.Bind(base + _i32(idx[nz]) * p)
+            wv = T.Bind(vals[nz])
+            vloop(width, lambda l: T.buffer_store(acc, acc[l] + wv * self.xf[off + l], [l]))
+        b = self.bias[ch] if self.bias is not None else None
+        vloop(width, lambda l: T.buffer_store(
+            stage, epi.emit(acc[l], self.spec.epilogue, bias=b), [l]))
+        for r in range(rows):
+            pu = T.Bind(u0 + r + g.pt)
+            row = T.Bind(pu % g.s * (g.s * g.plane) + pu // g.s * g.wq)
+            self._scatter(z, row, stage, r * cols, v0, cols)
+
+    def _scatter(self, z, row, stage, s0: int, v0: int, cols: int) -> None:
+        """Z[plane row of ``row``] <- stage[s0 : s0 + cols], E's columns v0.. of one row."""
+        g = self.g
+        if g.s == 1:
+            col = row + v0 + g.pl
+            vloop(cols, lambda l: T.buffer_store(z, stage[s0 + l], [col + l]))
+            return
+        for par in (0, 1):
+            pv = v0 + par + g.pl
+            dst = T.Bind(row + (pv % 2) * g.plane + pv // 2)
+            count = (cols - par + 1) // 2
+            for t0, m in pow2_pieces(count):
+                src = s0 + par + 2 * t0
+                if m == 1:
+                    T.buffer_store(z, stage[src], [dst + t0])
+                    continue
+                lo = s0 + 2 * t0  # two m-lane vectors holding lanes par, par+2, ...
+                pair = [stage[T.Ramp(lo, 1, m)], stage[T.Ramp(lo + m, 1, m)]]
+                T.buffer_store(z, tirx.Shuffle(pair, [par + 2 * i for i in range(m)]),
+                               [T.Ramp(dst + t0, 1, m)])
+
+    # ------------------------------------------------------------ depthwise: Z -> D
+
+    def depthwise(self, z, n, ch) -> None:
+        g = self.g
+        mode = _tiles(g.oh, g.wq, self.budget)
+        ybase = T.Bind((n * g.e + ch) * (g.oh * g.ow))
+        if mode[0] == "rows":
+            _, r, count, tail = mode
+            if count:
+                with T.serial(count) as rb:
+                    self._dw_rows(z, ch, ybase, T.Bind(rb * r), r)
+            if tail:
+                self._dw_rows(z, ch, ybase, count * r, tail)
+        else:
+            segs = [(c0, min(self.budget, g.ow - c0)) for c0 in range(0, g.ow, self.budget)]
+            with T.serial(g.oh) as oh:
+                for c0, width in segs:
+                    acc = self._taps(z, ch, T.Bind(oh * g.wq + c0), width)
+                    yoff = T.Bind(ybase + oh * g.ow + c0)
+                    vloop(width, lambda l: T.buffer_store(self.yf, self._ep(acc[l], ch),
+                                                          [yoff + l]))
+
+    def _taps(self, z, ch, q0, width: int):
+        g, wd = self.g, self.bufs["dw_weight"]
+        acc = T.decl_buffer((width,), F32, scope="local")
+        vloop(width, lambda l: T.buffer_store(acc, tirx.const(0.0, F32), [l]))
+        for i in range(g.kh):
+            for j in range(g.kw):
+                shift = ((i % g.s) * g.s + j % g.s) * g.plane + (i // g.s) * g.wq + j // g.s
+                wv = T.Bind(wd[ch, 0, i, j])
+                off = T.Bind(q0 + shift)
+                vloop(width, lambda l: T.buffer_store(acc, acc[l] + wv * z[off + l], [l]))
+        return acc
+
+    def _ep(self, value, ch):
+        b = self.dbias[ch] if self.dbias is not None else None
+        return epi.emit(value, self.dw_steps, bias=b)
+
+    def _dw_rows(self, z, ch, ybase, oh0, rows: int) -> None:
+        g = self.g
+        width = rows * g.wq
+        acc = self._taps(z, ch, T.Bind(oh0 * g.wq), width)
+        stage = T.decl_buffer((width,), F32, scope="local")
+        vloop(width, lambda l: T.buffer_store(stage, self._ep(acc[l], ch), [l]))
+        for r in range(rows):
+            yoff = T.Bind(ybase + (oh0 + r) * g.ow)
+            vloop(g.ow, lambda l: T.buffer_store(self.yf, stage[r * g.wq + l], [yoff + l]))
+
+
+KERNELS = {
+    ("SparseConv", "dw:csr"): KernelDef(_prepare_same, build),
+    ("SparseConv", "dw:chw-spmm"): KernelDef(_prepare_same, build),
+}

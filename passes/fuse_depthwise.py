@@ -1,0 +1,129 @@
+"""Fuse a depthwise conv into the sparse 1x1 conv that feeds it (an inverted-residual block's
+expand + depthwise pair):
+
+    act(Conv[group=O](SparseConv[csr|chw-spmm, 1x1](X, ...), Wd, Bd?))
+        -> SparseConv(X, ..., Wd, Bd?) with dw_kernel_shape, dw_strides, dw_pads, dw_epilogue
+
+when the SparseConv is a 1x1 conv with stride 1, no padding and no residual, its output has
+one use and is not a graph output; the Conv has ``group == O``, a constant ``[O, 1, kh, kw]``
+weight, a constant ``[O]`` bias or none, no dilation, equal strides of 1 or 2 (2 needs an
+even input width), explicit pads (``auto_pad`` NOTSET) and a static ``[N, O, H, W]`` input;
+``act`` is a chain of Relu / Clip with constant bounds, each with one use and not a graph
+output (possibly empty). The expanded tensor then lives one channel at a time in cache
+(``codegen/tvm/kernels/conv_dw.py``) instead of making a round trip through memory.
+
+The Plan entry records the fusion (``entry.depthwise``); the fused node's output takes the
+last fused value, as ``lower_sparse_ops`` does. Runs after ``lower_sparse_ops``.
+Counts: ``fused``, and ``skipped: <reason>`` for every SparseConv left alone.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from sparsec import ops
+from sparsec.layouts import parse_layout
+from sparsec.plan import ConvAttrs, DepthwiseFusion, EpilogueStep, Plan
+
+from .base import SparsecPass
+from .mark_epilogues import _clip_bounds, _is_onnx, _single_use
+from .weights import const_array
+
+FUSABLE_KINDS = ("csr", "chw-spmm")
+
+
+def match_depthwise(sparse: ir.Node) -> tuple[ir.Node, list[ir.Node], list[EpilogueStep]] | str:
+    """(the depthwise Conv, its activation nodes, its epilogue) after ``sparse``, or why not."""
+    a = sparse.attributes
+    if parse_layout(a.get_string("layout")).kind not in FUSABLE_KINDS:
+        return f"layout {a.get_string('layout')} is not {' or '.join(FUSABLE_KINDS)}"
+    if (tuple(a.get_ints("kernel_shape")) != (1, 1) or tuple(a.get_ints("strides")) != (1, 1)
+            or any(a.get_ints("pads")) or "residual" in a.get_strings("epilogue", ())):
+        return "not a 1x1 conv with stride 1, no padding and no residual"
+    if a.get_strings("dw_epilogue", None) is not None:
+        return "already fused"
+    dw = _single_use(sparse.outputs[0])
+    if dw is None or not _is_onnx(dw, "Conv") or dw.inputs[0] is not sparse.outputs[0]:
+        return "its output does not feed exactly one Conv"
+    out = a.get_int("out_features")
+    w = const_array(dw.inputs[1]) if len(dw.inputs) > 1 else None
+    b = const_array(dw.inputs[2]) if len(dw.inputs) > 2 and dw.inputs[2] is not None else None
+    shape = dw.inputs[0].shape
+    d = dw.attributes
+    strides = tuple(d.get_ints("strides", (1, 1)))
+    if (d.get_int("group", 1) != out or w is None or w.shape[:2] != (out, 1) or w.ndim != 4
+            or (len(dw.inputs) > 2 and dw.inputs[2] is not None
+                and (b is None or b.shape != (out,)))):
+        return f"Conv {dw.name} is not a depthwise conv with constant weights over {out} channels"
+    if (d.get_string("auto_pad", "NOTSET") != "NOTSET"
+            or tuple(d.get_ints("dilations", (1, 1))) != (1, 1)
+            or strides not in ((1, 1), (2, 2))):
+        return f"Conv {dw.name}: needs explicit pads, no dilation and stride 1 or 2"
+    if shape is None or not shape.is_static() or len(shape) != 4:
+        return f"Conv {dw.name}: input shape is not static NCHW"
+    if strides == (2, 2) and int(shape[3]) % 2:
+        return f"Conv {dw.name}: stride 2 over an odd width {int(shape[3])}"
+    steps = [EpilogueStep("bias")] if b is not None else []
+    nodes: list[ir.Node] = []
+    y = dw.outputs[0]
+    while not y.is_graph_output() and (node := _single_use(y)) is not None:
+        if _is_onnx(node, "Relu"):
+            steps.append(EpilogueStep("relu"))
+        elif _is_onnx(node, "Clip") and (bounds := _clip_bounds(node)) is not None:
+            steps.append(EpilogueStep("clip", *bounds))
+        else:
+            break
+        nodes.append(node)
+        y = node.outputs[0]
+    return dw, nodes, steps
+
+
+class FuseDepthwisePass(SparsecPass):
+    """SparseConv 1x1 + depthwise Conv + activation -> one SparseConv (module docstring)."""
+
+    def __init__(self, plan: Plan, enabled: bool = True) -> None:
+        super().__init__()
+        self.plan = plan
+        self.enabled = enabled
+
+    def apply(self, model: ir.Model) -> bool:
+        if not self.enabled:
+            return False
+        graph = model.graph
+        entries = {e.node: e for e in self.plan.entries}
+        for sparse in list(graph):
+            if sparse.domain != ops.DOMAIN or sparse.op_type != ops.CONV:
+                continue
+            entry = entries[sparse.attributes.get_string("entry")]
+            with self.at(sparse.name, entry.weight):
+                found = match_depthwise(sparse)
+                if isinstance(found, str):
+                    self.counts[f"skipped: {found}"] += 1
+                    continue
+                self._fuse(graph, sparse, entry, *found)
+                self.counts["fused"] += 1
+        return self.counts["fused"] > 0
+
+    def _fuse(self, graph: ir.Graph, sparse: ir.Node, entry, dw: ir.Node,
+              acts: list[ir.Node], steps: list[EpilogueStep]) -> None:
+        d = dw.attributes
+        w = dw.inputs[1]
+        kernel = tuple(int(k) for k in w.shape[2:])
+        conv = ConvAttrs(kernel, tuple(d.get_ints("strides", (1, 1))),
+                         tuple(d.get_ints("pads", (0, 0, 0, 0))), (1, 1), int(w.shape[0]))
+        attrs = [ir.AttrInt64s("dw_kernel_shape", list(kernel)),
+                 ir.AttrInt64s("dw_strides", list(conv.strides)),
+                 ir.AttrInt64s("dw_pads", list(conv.pads)),
+                 ir.AttrStrings("dw_epilogue", [s.op for s in steps])]
+        for key, value in ops.epilogue_attrs(steps, "dw_").items():
+            if key != "dw_epilogue":
+                attrs.append(ir.AttrFloat32(key, float(value)))
+        inputs = [*sparse.inputs, w] + ([dw.inputs[2]] if steps[:1] == [EpilogueStep("bias")]
+                                        else [])
+        node = ir.Node(ops.DOMAIN, ops.CONV, inputs, [*sparse.attributes.values(), *attrs],
+                       name=sparse.name)
+        last = (acts[-1] if acts else dw).outputs[0]
+        ir.convenience.replace_nodes_and_values(
+            graph, (acts[-1] if acts else dw), [sparse, dw, *acts], [node], [last],
+            [node.outputs[0]])
+        entry.depthwise = DepthwiseFusion(dw.name, w.name, conv, steps, [n.name for n in acts])

@@ -1,0 +1,106 @@
+"""The fused sparse 1x1 + depthwise conv kernel (codegen/tvm/kernels/conv_dw.py) against torch:
+``dw_epilogue(conv2d(epilogue(conv2d(X, We)), Wd, groups=E))`` at rtol = atol = 1e-4, over
+both strides, every tile mode (whole rows per tile, several rows, row segments), odd sizes,
+asymmetric pads, AVX2 and AVX-512 code, several images, and empty channels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import tvm
+
+from sparsec.codegen.tvm.kernels import kernel_for
+from sparsec.errors import CompileError
+from sparsec.formats import pack
+from sparsec.ops import SparseOpSpec, apply_epilogue
+from sparsec.plan import ConvAttrs, EpilogueStep
+from sparsec.targets.cpu import cpu_flags, detect_host, tvm_target
+
+TOL = dict(rtol=1e-4, atol=1e-4)
+HOST = tvm_target(detect_host())
+RELU6 = EpilogueStep("clip", 0.0, 6.0)
+
+
+def _run(x_shape, e, stride=1, pads=(1, 1, 1, 1), kernel=(3, 3), layout="chw-spmm",
+         density=0.3, steps=(EpilogueStep("bias"), RELU6),
+         dw_steps=(EpilogueStep("bias"), RELU6), target=HOST, knobs=None, zero_rows=()):
+    rng = np.random.default_rng(1)
+    n, c, h, w = x_shape
+    we = (rng.standard_normal((e, c)) * (rng.random((e, c)) < density)).astype(np.float32)
+    we[list(zero_rows)] = 0
+    packed = pack(we, layout)
+    spec = SparseOpSpec("SparseConv", layout, e, c, "expand", list(steps), list(packed.arrays),
+                        ConvAttrs((1, 1)), ConvAttrs(kernel, (stride, stride), pads, (1, 1), e),
+                        list(dw_steps))
+    kd = kernel_for(spec)
+    arrays = kd.prepare(spec, packed.arrays, target)
+    func = kd.build(spec, x_shape, arrays, target, knobs or {})
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target)
+
+    x = rng.standard_normal(x_shape).astype(np.float32) * 2
+    bias, dw_bias = (rng.standard_normal(e).astype(np.float32) for _ in range(2))
+    wd = rng.standard_normal((e, 1, *kernel)).astype(np.float32)
+    t = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(we)[:, :, None, None])
+    mid = apply_epilogue(t.numpy(), spec.epilogue, bias, channel_axis=1)
+    pt, pl, pb, pr = pads
+    mid = torch.nn.functional.pad(torch.from_numpy(mid), (pl, pr, pt, pb))
+    ref = torch.nn.functional.conv2d(mid, torch.from_numpy(wd), stride=stride, groups=e).numpy()
+    ref = apply_epilogue(ref, spec.dw_epilogue, dw_bias, channel_axis=1)
+    args = [x, *arrays.values()] + ([bias] if spec.has_bias else []) + [wd]
+    args += [dw_bias] if spec.has_dw_bias else []
+    args.append(np.full(ref.shape, np.nan, np.float32))  # every output must be written
+    tensors = [tvm.runtime.tensor(a) for a in args]
+    lib["main"](*tensors)
+    return tensors[-1].numpy(), ref
+
+
+CASES = [  # x shape, E, stride, pads, kernel, knobs
+    ((1, 16, 112, 112), 24, 2, (1, 1, 1, 1), (3, 3), {}),  # row segments (W > tile)
+    ((1, 24, 56, 56), 32, 1, (1, 1, 1, 1), (3, 3), {}),  # one row per tile
+    ((1, 8, 14, 14), 40, 1, (1, 1, 1, 1), (3, 3), {}),  # several rows per tile
+    ((1, 8, 14, 14), 40, 2, (1, 1, 1, 1), (3, 3), {}),
+    ((2, 12, 7, 7), 20, 1, (1, 1, 1, 1), (3, 3), {}),  # two images, odd width
+    ((1, 6, 9, 13), 9, 1, (0, 2, 1, 0), (3, 3), {}),  # asymmetric pads
+    ((1, 6, 10, 12), 9, 2, (2, 2, 2, 2), (5, 5), {}),  # 5x5, stride 2
+    ((1, 6, 11, 10), 9, 2, (0, 0, 1, 1), (3, 3), {}),  # odd height, stride 2
+    ((1, 8, 20, 30), 16, 2, (1, 1, 1, 1), (3, 3), {"tile_lanes": 12}),  # segments + tails
+    ((1, 8, 20, 30), 16, 1, (1, 1, 1, 1), (3, 3), {"tile_lanes": 7, "threads": 3}),
+    ((1, 4, 1, 2), 3, 2, (1, 1, 1, 1), (3, 3), {}),  # tiny
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-E{c[1]}-s{c[2]}-{c[3]}-{c[4]}")
+def test_matches_torch(case):
+    shape, e, stride, pads, kernel, knobs = case
+    out, ref = _run(shape, e, stride, pads, kernel, knobs=knobs)
+    np.testing.assert_allclose(out, ref, **TOL)
+
+
+def test_layouts_epilogues_and_empty_channels():
+    for layout, steps, dw_steps in [
+            ("csr", [EpilogueStep("relu")], [EpilogueStep("bias")]),
+            ("chw-spmm", [], []),
+            ("csr", [EpilogueStep("bias")], [RELU6, EpilogueStep("relu")])]:
+        out, ref = _run((1, 8, 9, 10), 12, 2, layout=layout, steps=steps, dw_steps=dw_steps,
+                        zero_rows=(0, 5))
+        np.testing.assert_allclose(out, ref, **TOL)
+
+
+@pytest.mark.parametrize("mcpu,flag", [("x86-64-v3", "avx2"), ("x86-64-v4", "avx512f")])
+def test_vector_widths(mcpu, flag):
+    if flag not in cpu_flags():
+        pytest.skip(f"host lacks {flag}")
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
+    for stride in (1, 2):
+        out, ref = _run((1, 8, 28, 28), 24, stride, target=target)
+        np.testing.assert_allclose(out, ref, **TOL)
+
+
+def test_bad_specs_raise_compile_error():
+    with pytest.raises(CompileError, match="expand.*stride 1 or 2"):
+        _run((1, 4, 8, 8), 4, stride=3)
+    with pytest.raises(CompileError, match="expand.*even width"):
+        _run((1, 4, 8, 9), 4, stride=2)
+    with pytest.raises(CompileError, match="expand.*empty output"):
+        _run((1, 4, 1, 1), 4, pads=(0, 0, 0, 0))

@@ -1,0 +1,106 @@
+"""fuse_depthwise: SparseConv 1x1 + depthwise Conv + activation -> one SparseConv.
+
+Each case runs the whole pipeline, checks the structure (which nodes are left, the Plan's
+record) and evaluates the result with the numpy reference of conftest against onnxruntime
+on the original model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from sparsec import ops
+from sparsec.options import CompileOptions
+from sparsec.passes import pipeline
+from sparsec.plan import Plan
+from sparsec.targetspec import TargetSpec
+
+rng = np.random.default_rng(12)
+CPU = TargetSpec("cpu", "test cpu")
+
+
+def block(tools, stride=1, width=10, act="Clip", layout_density=0.2, dw_bias=True,
+          extra_use=False):
+    """x -> Conv 1x1 (sparse) + Clip -> depthwise 3x3 -> act -> y (and maybe a 2nd use)."""
+    e, c = 24, 8
+    we = rng.standard_normal((e, c, 1, 1)).astype(np.float32)
+    we[rng.random(we.shape) >= layout_density] = 0
+    nodes = [helper.make_node("Conv", ["x", "pw.weight", "pw.bias"], ["p"], name="pw"),
+             helper.make_node("Clip", ["p", "lo", "hi"], ["p6"], name="pw_act"),
+             helper.make_node("Conv", ["p6", "dw.weight"] + (["dw.bias"] if dw_bias else []),
+                              ["d"], group=e, pads=[1, 1, 1, 1], strides=[stride, stride],
+                              name="dw")]
+    out = "d"
+    if act == "Clip":
+        nodes.append(helper.make_node("Clip", ["d", "lo", "hi"], ["y"], name="dw_act"))
+        out = "y"
+    elif act == "Relu":
+        nodes.append(helper.make_node("Relu", ["d"], ["y"], name="dw_act"))
+        out = "y"
+    outputs = [out]
+    if extra_use:
+        nodes.append(helper.make_node("Neg", ["p6"], ["side"], name="side"))
+        outputs.append("side")
+    inits = {"pw.weight": we, "pw.bias": rng.standard_normal(e).astype(np.float32),
+             "dw.weight": rng.standard_normal((e, 1, 3, 3)).astype(np.float32),
+             "lo": np.float32(0), "hi": np.float32(6)}
+    if dw_bias:
+        inits["dw.bias"] = rng.standard_normal(e).astype(np.float32)
+    return tools.model(nodes, {"x": (1, c, width, width)}, outputs, inits)
+
+
+def run(tools, m, **opts):
+    opts = CompileOptions(layouts={"pw": opts.pop("layout", "chw-spmm")}, **opts)
+    lm, plan = pipeline.run(m, opts, CPU, on_step=tools.verify_each)
+    x = rng.standard_normal(tuple(int(d) for d in m.graph.inputs[0].shape)).astype(np.float32)
+    got, want = tools.evaluate(lm, {"x": x}), tools.ort(m, {"x": x})
+    for o in m.graph.outputs:
+        tools.assert_close(got[o.name], want[o.name])
+    return lm, plan
+
+
+@pytest.mark.parametrize("stride,act", [(1, "Clip"), (2, "Clip"), (2, "Relu"), (1, None)])
+def test_fuses_expand_and_depthwise(tools, stride, act):
+    lm, plan = run(tools, block(tools, stride, act=act, dw_bias=act != "Relu"))
+    assert tools.op_types(lm) == ["SparseConv"]
+    (node,) = tools.sparse_nodes(lm)
+    assert node.outputs[0].name == ("y" if act else "d")
+    (entry,) = plan.entries
+    dw = entry.depthwise
+    assert (dw.node, dw.weight, dw.conv.strides, dw.conv.group) == ("dw", "dw.weight",
+                                                                   (stride, stride), 24)
+    want = (["bias"] if act != "Relu" else []) + ([act.lower()] if act else [])
+    assert [s.op for s in dw.epilogue] == want
+    assert dw.fused_nodes == (["dw_act"] if act else [])
+    assert list(node.attributes.get_strings("dw_epilogue")) == want
+    assert "fused with depthwise dw" in entry.report_row()["reason"]
+    assert Plan.from_json(plan.to_json()) == plan
+
+
+@pytest.mark.parametrize("case,reason", [
+    (dict(layout="dense"), "layout dense"),
+    (dict(extra_use=True), "does not feed exactly one Conv"),
+    (dict(stride=2, width=9), "odd width"),
+    (dict(fuse_depthwise=False), None),
+])
+def test_left_alone(tools, case, reason):
+    layout = case.pop("layout", "chw-spmm")
+    fuse = case.pop("fuse_depthwise", True)
+    lm, plan = run(tools, block(tools, **case), layout=layout, fuse_depthwise=fuse)
+    assert "Conv" in tools.op_types(lm) and plan.entries[0].depthwise is None
+    assert all(n.attributes.get_ints("dw_kernel_shape", None) is None
+               for n in tools.sparse_nodes(lm) if n.op_type == ops.CONV)
+
+
+def test_skip_reasons_are_counted(tools):
+    from sparsec.passes.fuse_depthwise import FuseDepthwisePass, match_depthwise
+
+    m = block(tools, stride=2, width=9)
+    opts = CompileOptions(layouts={"pw": "chw-spmm"}, fuse_depthwise=False)
+    lm, plan = pipeline.run(m, opts, CPU)
+    (node,) = tools.sparse_nodes(lm)
+    assert "odd width 9" in match_depthwise(node)
+    p = FuseDepthwisePass(plan)
+    assert not p(lm).modified
+    assert p.counts == {"skipped: Conv dw: stride 2 over an odd width 9": 1}
