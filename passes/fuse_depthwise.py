@@ -29,7 +29,7 @@ from .base import SparsecPass
 from .mark_epilogues import _clip_bounds, _is_onnx, _single_use
 from .weights import const_array
 
-FUSABLE_KINDS = ("csr", "chw-spmm")
+FUSABLE_KINDS = ("csr", "chw-spmm", "dense")
 
 
 def match_depthwise(sparse: ir.Node) -> tuple[ir.Node, list[ir.Node], list[EpilogueStep]] | str:

@@ -79,7 +79,7 @@ def test_fuses_expand_and_depthwise(tools, stride, act):
 
 
 @pytest.mark.parametrize("case,reason", [
-    (dict(layout="dense"), "layout dense"),
+    (dict(layout="bsr2x2"), "layout bsr2x2"),
     (dict(extra_use=True), "does not feed exactly one Conv"),
     (dict(stride=2, width=9), "odd width"),
     (dict(fuse_depthwise=False), None),

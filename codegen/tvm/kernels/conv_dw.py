@@ -37,9 +37,9 @@ from tvm.tirx.script import builder as T
 
 from sparsec.codegen.tvm.kernels import KernelDef
 from sparsec.codegen.tvm.kernels import epilogue as epi
-from sparsec.codegen.tvm.kernels.conv import _cores, _prepare_same, simd_lanes
+from sparsec.codegen.tvm.kernels.conv import _cores, _prepare_dense, _prepare_same, simd_lanes
 from sparsec.codegen.tvm.kernels.conv_geometry import F32, pow2_pieces, vloop
-from sparsec.codegen.tvm.kernels.conv_inner import _i32, span
+from sparsec.codegen.tvm.kernels.conv_inner import _i32, _pow2_floor, acc_vectors, span
 from sparsec.errors import CompileError
 from sparsec.ops import SparseOpSpec
 from sparsec.plan import ConvAttrs
@@ -121,13 +121,20 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
         raise CompileError(f"codegen/tvm: SparseConv {spec.entry}: input has {in_shape[1]} "
                            f"channels, the weight in_features {spec.in_features}")
     g = dw_geometry(spec.depthwise, in_shape, spec.out_features, spec.entry)
+    dense = "w" in arrays
+    rows = arrays["w"].shape[2] if dense else 1  # channels per block (sharing X's loads)
     budget = int(knobs.get("tile_lanes", 4 * vl))
+    # the expand tile's rows x lanes accumulators stay within the register file
+    e_budget = budget if not dense else int(knobs.get(
+        "tile_lanes", max(1, _pow2_floor(acc_vectors(vl) // rows)) * vl))
     if g.s == 2:
         budget -= budget % 2
+        e_budget -= e_budget % 2
     cores = _cores(target, knobs)
-    tasks = max(1, min(g.e, TASKS_PER_CORE * cores))
-    per = -(-g.e // tasks)
-    tasks = -(-g.e // per)
+    blocks = -(-g.e // rows)
+    tasks = max(1, min(blocks, TASKS_PER_CORE * cores))
+    per = -(-blocks // tasks)
+    tasks = -(-blocks // per)
     has_bias = spec.has_bias
     has_dw_bias = spec.has_dw_bias
     p = g.h * g.w
@@ -144,16 +151,24 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
             y = T.arg("y", T.buffer(y_shape, F32))
             xf = T.decl_buffer((g.n * g.c * p,), F32, data=x.data)
             yf = T.decl_buffer((g.n * g.e * g.oh * g.ow,), F32, data=y.data)
-            k = _Fused(spec, g, vl, budget, bufs, xf, yf, bias, dbias, dw_steps)
+            k = _Fused(spec, g, vl, budget, e_budget, rows, bufs, xf, yf, bias, dbias,
+                       dw_steps)
             with T.serial(g.n) as n:
                 with T.parallel(tasks) as t:
-                    z = T.decl_buffer((g.z_size,), F32)
-                    vloop(g.z_size, lambda l: T.buffer_store(z, tirx.const(0.0, F32), [l]),
-                          chunk=vl)
+                    z = T.decl_buffer((rows * g.z_size,), F32)
+                    vloop(rows * g.z_size,
+                          lambda l: T.buffer_store(z, tirx.const(0.0, F32), [l]), chunk=vl)
                     lo = T.Bind(t * per)
-                    with span(lo, T.min(lo + per, g.e)) as ch:
-                        k.expand(z, n, ch)
-                        k.depthwise(z, n, ch)
+                    with span(lo, T.min(lo + per, blocks)) as blk:
+                        k.expand(z, n, blk)
+                        for rr in range(rows):
+                            ch = T.Bind(blk * rows + rr)
+                            if g.e % rows:
+                                with T.If(ch < g.e):
+                                    with T.Then():
+                                        k.depthwise(z, rr * g.z_size, n, ch)
+                            else:
+                                k.depthwise(z, rr * g.z_size, n, ch)
     return ib.get()
 
 
@@ -162,7 +177,9 @@ class _Fused:
     spec: object
     g: DwGeometry
     vl: int
-    budget: int
+    budget: int  # lanes of a depthwise tile
+    e_budget: int  # lanes of an expand tile
+    rows: int  # channels per block
     bufs: dict
     xf: object
     yf: object
@@ -172,41 +189,59 @@ class _Fused:
 
     # ------------------------------------------------------------ expand: X -> Z interior
 
-    def expand(self, z, n, ch) -> None:
+    def expand(self, z, n, blk) -> None:
+        """E of the block's channels into their Z buffers (``z`` + channel * z_size)."""
         g = self.g
-        mode = _tiles(g.h, g.w, self.budget)
+        mode = _tiles(g.h, g.w, self.e_budget)
         if mode[0] == "rows":
             _, r, count, tail = mode
             if count:
                 with T.serial(count) as rb:
-                    self._expand_tile(z, n, ch, T.Bind(rb * r), r, 0, g.w)
+                    self._expand_tile(z, n, blk, T.Bind(rb * r), r, 0, g.w)
             if tail:
-                self._expand_tile(z, n, ch, count * r, tail, 0, g.w)
+                self._expand_tile(z, n, blk, count * r, tail, 0, g.w)
         else:
             with T.serial(g.h) as u:
                 for c0, width in mode[1]:
-                    self._expand_tile(z, n, ch, u, 1, c0, width)
+                    self._expand_tile(z, n, blk, u, 1, c0, width)
 
-    def _expand_tile(self, z, n, ch, u0, rows: int, v0: int, cols: int) -> None:
-        """E[ch, u0:u0+rows, v0:v0+cols] (a contiguous run of X's pixels) into Z."""
-        g, vals, idx, ptr = self.g, self.bufs["values"], self.bufs["indices"], self.bufs["indptr"]
+    def _expand_tile(self, z, n, blk, u0, rows: int, v0: int, cols: int) -> None:
+        """E[block's channels, u0:u0+rows, v0:v0+cols] (a contiguous run of X's pixels)."""
+        g, nr = self.g, self.rows
         width = rows * cols
         p = g.h * g.w
-        acc = T.decl_buffer((width,), F32, scope="local")
+        acc = T.decl_buffer((nr * width,), F32, scope="local")
         stage = T.decl_buffer((width + 2 * self.vl,), F32, scope="local")
-        vloop(width, lambda l: T.buffer_store(acc, tirx.const(0.0, F32), [l]))
+        vloop(nr * width, lambda l: T.buffer_store(acc, tirx.const(0.0, F32), [l]))
         base = T.Bind(n * (g.c * p) + u0 * g.w + v0)
-        with span(ptr[ch], ptr[ch + 1]) as nz:
-            off = T.Bind(base + _i32(idx[nz]) * p)
-            wv = T.Bind(vals[nz])
-            vloop(width, lambda l: T.buffer_store(acc, acc[l] + wv * self.xf[off + l], [l]))
-        b = self.bias[ch] if self.bias is not None else None
-        vloop(width, lambda l: T.buffer_store(
-            stage, epi.emit(acc[l], self.spec.epilogue, bias=b), [l]))
-        for r in range(rows):
-            pu = T.Bind(u0 + r + g.pt)
-            row = T.Bind(pu % g.s * (g.s * g.plane) + pu // g.s * g.wq)
-            self._scatter(z, row, stage, r * cols, v0, cols)
+        xf = self.xf
+        if "w" in self.bufs:  # dense [blocks, C, rows]: each X run feeds every row
+            wp = self.bufs["w"]
+            with T.serial(g.c) as kk:
+                off = T.Bind(base + kk * p)
+                for rr in range(nr):
+                    wv = T.Bind(wp[blk, kk, rr])
+                    a0 = rr * width
+                    vloop(width, lambda l: T.buffer_store(
+                        acc, acc[a0 + l] + wv * xf[off + l], [a0 + l]))
+        else:
+            vals, idx, ptr = self.bufs["values"], self.bufs["indices"], self.bufs["indptr"]
+            with span(ptr[blk], ptr[blk + 1]) as nz:
+                off = T.Bind(base + _i32(idx[nz]) * p)
+                wv = T.Bind(vals[nz])
+                vloop(width, lambda l: T.buffer_store(acc, acc[l] + wv * xf[off + l], [l]))
+        for rr in range(nr):
+            ch = T.Bind(blk * nr + rr)
+            if self.bias is None:
+                b = None
+            else:
+                b = self.bias[T.min(ch, g.e - 1) if g.e % nr else ch]  # padding rows: unused
+            vloop(width, lambda l: T.buffer_store(
+                stage, epi.emit(acc[rr * width + l], self.spec.epilogue, bias=b), [l]))
+            for r in range(rows):
+                pu = T.Bind(u0 + r + g.pt)
+                row = T.Bind(rr * g.z_size + pu % g.s * (g.s * g.plane) + pu // g.s * g.wq)
+                self._scatter(z, row, stage, r * cols, v0, cols)
 
     def _scatter(self, z, row, stage, s0: int, v0: int, cols: int) -> None:
         """Z[plane row of ``row``] <- stage[s0 : s0 + cols], E's columns v0.. of one row."""
@@ -231,7 +266,8 @@ class _Fused:
 
     # ------------------------------------------------------------ depthwise: Z -> D
 
-    def depthwise(self, z, n, ch) -> None:
+    def depthwise(self, z, z0: int, n, ch) -> None:
+        """D[n, ch] from channel ch's Z (at ``z0``)."""
         g = self.g
         mode = _tiles(g.oh, g.wq, self.budget)
         ybase = T.Bind((n * g.e + ch) * (g.oh * g.ow))
@@ -239,14 +275,14 @@ class _Fused:
             _, r, count, tail = mode
             if count:
                 with T.serial(count) as rb:
-                    self._dw_rows(z, ch, ybase, T.Bind(rb * r), r)
+                    self._dw_rows(z, z0, ch, ybase, T.Bind(rb * r), r)
             if tail:
-                self._dw_rows(z, ch, ybase, count * r, tail)
+                self._dw_rows(z, z0, ch, ybase, count * r, tail)
         else:
             segs = [(c0, min(self.budget, g.ow - c0)) for c0 in range(0, g.ow, self.budget)]
             with T.serial(g.oh) as oh:
                 for c0, width in segs:
-                    acc = self._taps(z, ch, T.Bind(oh * g.wq + c0), width)
+                    acc = self._taps(z, ch, T.Bind(z0 + oh * g.wq + c0), width)
                     yoff = T.Bind(ybase + oh * g.ow + c0)
                     vloop(width, lambda l: T.buffer_store(self.yf, self._ep(acc[l], ch),
                                                           [yoff + l]))
@@ -267,10 +303,10 @@ class _Fused:
         b = self.dbias[ch] if self.dbias is not None else None
         return epi.emit(value, self.dw_steps, bias=b)
 
-    def _dw_rows(self, z, ch, ybase, oh0, rows: int) -> None:
+    def _dw_rows(self, z, z0: int, ch, ybase, oh0, rows: int) -> None:
         g = self.g
         width = rows * g.wq
-        acc = self._taps(z, ch, T.Bind(oh0 * g.wq), width)
+        acc = self._taps(z, ch, T.Bind(z0 + oh0 * g.wq), width)
         stage = T.decl_buffer((width,), F32, scope="local")
         vloop(width, lambda l: T.buffer_store(stage, self._ep(acc[l], ch), [l]))
         for r in range(rows):
@@ -281,4 +317,5 @@ class _Fused:
 KERNELS = {
     ("SparseConv", "dw:csr"): KernelDef(_prepare_same, build),
     ("SparseConv", "dw:chw-spmm"): KernelDef(_prepare_same, build),
+    ("SparseConv", "dw:dense"): KernelDef(_prepare_dense, build),
 }

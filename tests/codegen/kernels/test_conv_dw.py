@@ -81,10 +81,22 @@ def test_layouts_epilogues_and_empty_channels():
     for layout, steps, dw_steps in [
             ("csr", [EpilogueStep("relu")], [EpilogueStep("bias")]),
             ("chw-spmm", [], []),
-            ("csr", [EpilogueStep("bias")], [RELU6, EpilogueStep("relu")])]:
+            ("csr", [EpilogueStep("bias")], [RELU6, EpilogueStep("relu")]),
+            ("dense", [EpilogueStep("bias")], [])]:
         out, ref = _run((1, 8, 9, 10), 12, 2, layout=layout, steps=steps, dw_steps=dw_steps,
                         zero_rows=(0, 5))
         np.testing.assert_allclose(out, ref, **TOL)
+
+
+@pytest.mark.parametrize("case", [((1, 16, 112, 112), 24, 2, {}),  # 6-channel blocks
+                                  ((2, 12, 14, 14), 20, 1, {}),  # a partial last block
+                                  ((1, 5, 9, 12), 7, 2, {"tile_lanes": 8, "threads": 3}),
+                                  ((1, 3, 7, 7), 4, 1, {})],  # fewer channels than a block
+                         ids=str)
+def test_dense_expand_blocks(case):
+    shape, e, stride, knobs = case
+    out, ref = _run(shape, e, stride, layout="dense", density=1.0, knobs=knobs)
+    np.testing.assert_allclose(out, ref, **TOL)
 
 
 @pytest.mark.parametrize("mcpu,flag", [("x86-64-v3", "avx2"), ("x86-64-v4", "avx512f")])
@@ -92,8 +104,8 @@ def test_vector_widths(mcpu, flag):
     if flag not in cpu_flags():
         pytest.skip(f"host lacks {flag}")
     target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
-    for stride in (1, 2):
-        out, ref = _run((1, 8, 28, 28), 24, stride, target=target)
+    for stride, layout in ((1, "chw-spmm"), (2, "chw-spmm"), (2, "dense")):
+        out, ref = _run((1, 8, 28, 28), 26, stride, layout=layout, target=target)
         np.testing.assert_allclose(out, ref, **TOL)
 
 
