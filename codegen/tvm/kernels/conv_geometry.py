@@ -259,13 +259,20 @@ def emit_offsets(g: ConvGeometry, offtab) -> None:
 
 
 def emit_z_fill(g: ConvGeometry, x, z, n) -> None:
-    """Fill Z (the padded, plane-split copy of image n of X), parallel over input channels."""
+    """Fill Z (the padded, plane-split copy of image n of X), parallel over (input channel,
+    plane): a stem conv has 3 channels but 4 planes at stride 2, so 12 tasks, not 3."""
     nph, plane = len(g.planes), g.hq * g.wq
-    with T.parallel(g.c) as c:
+    with T.parallel(g.c * nph) as task:
+        c = T.Bind(task // nph)
+        xb = T.Bind((n * g.c + c) * g.h * g.w)
         for ph, (a, b) in enumerate(g.planes):
             zb = (c * nph + ph) * plane
-            xb = (n * g.c + c) * g.h * g.w
-            _emit_plane(g, a, b, x, z, zb, xb)
+            if nph == 1:
+                _emit_plane(g, a, b, x, z, zb, xb)
+                continue
+            with T.If(task % nph == ph):
+                with T.Then():
+                    _emit_plane(g, a, b, x, z, zb, xb)
 
 
 def _valid(count: int, start: int, stride: int, size: int) -> tuple[int, int]:
