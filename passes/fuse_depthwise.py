@@ -12,9 +12,21 @@ even input width), explicit pads (``auto_pad`` NOTSET) and a static ``[N, O, H, 
 output (possibly empty). The expanded tensor then lives one channel at a time in cache
 (``codegen/tvm/kernels/conv_dw.py``) instead of making a round trip through memory.
 
-The Plan entry records the fusion (``entry.depthwise``); the fused node's output takes the
-last fused value, as ``lower_sparse_ops`` does. Runs after ``lower_sparse_ops``.
-Counts: ``fused``, and ``skipped: <reason>`` for every SparseConv left alone.
+Then the block's projection joins too:
+
+    SparseConv[csr|chw-spmm, 1x1](fused(X)) -> fused(X) with pj_entry, pj_layout,
+        pj_out_features, pj_epilogue (+ pj_clip_*), and the projection's format arrays,
+        bias and residual appended to the inputs
+
+when the fused node's output has one use, a plain 1x1 SparseConv (stride 1, no padding)
+with a sparse layout, so the depthwise output is not written out either; each task
+accumulates its channels' share of the projection in cache (``conv_dw``).
+
+The Plan records the fusions (``entry.depthwise``; the projection's entry gets
+``fused_into``); the fused node's output takes the last fused value, as
+``lower_sparse_ops`` does. Runs after ``lower_sparse_ops``. Counts: ``fused``,
+``projections``, ``skipped: <reason>`` for every SparseConv left alone and
+``projection kept: <reason>``.
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ from .mark_epilogues import _clip_bounds, _is_onnx, _single_use
 from .weights import const_array
 
 FUSABLE_KINDS = ("csr", "chw-spmm", "dense")
+PROJECTION_KINDS = ("csr", "chw-spmm")  # a dense projection keeps its register-blocked GEMM
 
 
 def match_depthwise(sparse: ir.Node) -> tuple[ir.Node, list[ir.Node], list[EpilogueStep]] | str:
@@ -78,6 +91,23 @@ def match_depthwise(sparse: ir.Node) -> tuple[ir.Node, list[ir.Node], list[Epilo
     return dw, nodes, steps
 
 
+def match_projection(fused: ir.Node) -> ir.Node | str:
+    """The sparse 1x1 SparseConv that reads ``fused``'s output (the block's projection),
+    or why not."""
+    pj = _single_use(fused.outputs[0])
+    if pj is None or pj.domain != ops.DOMAIN or pj.op_type != ops.CONV \
+            or pj.inputs[0] is not fused.outputs[0]:
+        return "the output does not feed exactly one SparseConv"
+    a = pj.attributes
+    kind = parse_layout(a.get_string("layout")).kind
+    if kind not in PROJECTION_KINDS:
+        return f"projection layout {a.get_string('layout')} is not {' or '.join(PROJECTION_KINDS)}"
+    if (tuple(a.get_ints("kernel_shape")) != (1, 1) or tuple(a.get_ints("strides")) != (1, 1)
+            or any(a.get_ints("pads")) or a.get_strings("dw_epilogue", None) is not None):
+        return "the next SparseConv is not a plain 1x1 conv with stride 1 and no padding"
+    return pj
+
+
 class FuseDepthwisePass(SparsecPass):
     """SparseConv 1x1 + depthwise Conv + activation -> one SparseConv (module docstring)."""
 
@@ -92,7 +122,8 @@ class FuseDepthwisePass(SparsecPass):
         graph = model.graph
         entries = {e.node: e for e in self.plan.entries}
         for sparse in list(graph):
-            if sparse.domain != ops.DOMAIN or sparse.op_type != ops.CONV:
+            if (sparse.domain != ops.DOMAIN or sparse.op_type != ops.CONV
+                    or sparse.graph is not graph):  # (a projection fused a moment ago)
                 continue
             entry = entries[sparse.attributes.get_string("entry")]
             with self.at(sparse.name, entry.weight):
@@ -100,12 +131,34 @@ class FuseDepthwisePass(SparsecPass):
                 if isinstance(found, str):
                     self.counts[f"skipped: {found}"] += 1
                     continue
-                self._fuse(graph, sparse, entry, *found)
+                node = self._fuse(graph, sparse, entry, *found)
                 self.counts["fused"] += 1
+                pj = match_projection(node)
+                if isinstance(pj, str):
+                    self.counts[f"projection kept: {pj}"] += 1
+                    continue
+                self._fuse_projection(graph, node, pj, entries)
+                self.counts["projections"] += 1
         return self.counts["fused"] > 0
 
+    def _fuse_projection(self, graph: ir.Graph, node: ir.Node, pj: ir.Node,
+                         entries: dict) -> None:
+        a = pj.attributes
+        attrs = [ir.AttrString("pj_entry", a.get_string("entry")),
+                 ir.AttrString("pj_layout", a.get_string("layout")),
+                 ir.AttrInt64("pj_out_features", a.get_int("out_features")),
+                 ir.AttrStrings("pj_epilogue", list(a.get_strings("epilogue", ())))]
+        for key in ("clip_min", "clip_max"):
+            if key in a:
+                attrs.append(ir.AttrFloat32(f"pj_{key}", a.get_float(key)))
+        fused = ir.Node(ops.DOMAIN, ops.CONV, [*node.inputs, *pj.inputs[1:]],
+                        [*node.attributes.values(), *attrs], name=node.name)
+        ir.convenience.replace_nodes_and_values(graph, pj, [node, pj], [fused],
+                                                [pj.outputs[0]], [fused.outputs[0]])
+        entries[a.get_string("entry")].fused_into = node.attributes.get_string("entry")
+
     def _fuse(self, graph: ir.Graph, sparse: ir.Node, entry, dw: ir.Node,
-              acts: list[ir.Node], steps: list[EpilogueStep]) -> None:
+              acts: list[ir.Node], steps: list[EpilogueStep]) -> ir.Node:
         d = dw.attributes
         w = dw.inputs[1]
         kernel = tuple(int(k) for k in w.shape[2:])
@@ -127,3 +180,4 @@ class FuseDepthwisePass(SparsecPass):
             graph, (acts[-1] if acts else dw), [sparse, dw, *acts], [node], [last],
             [node.outputs[0]])
         entry.depthwise = DepthwiseFusion(dw.name, w.name, conv, steps, [n.name for n in acts])
+        return node

@@ -22,12 +22,11 @@ from __future__ import annotations
 import math
 
 import networkx as nx
-import numpy as np
 import onnx_ir as ir
 
 from sparsec import ops
 from sparsec.errors import CompileError, SparsecError
-from sparsec.formats import pack
+from sparsec.formats import array_keys
 from sparsec.layouts import parse_layout
 from sparsec.plan import EPILOGUE_OPS, Plan, PlanEntry
 
@@ -89,19 +88,17 @@ def verify_stats(entry: PlanEntry) -> None:
         raise InvariantError(f"{where}: block {s.block} does not fit {s.rows}x{s.cols}")
 
 
-def _expected_inputs(entry: PlanEntry) -> int:
-    n_arrays = len(pack(_probe(entry), entry.layout).arrays)
+def _own_inputs(entry: PlanEntry) -> int:
+    """Format arrays, bias and residual of one entry."""
     kinds = [e.op for e in entry.epilogue]
+    return len(array_keys(entry.layout)) + ("bias" in kinds) + ("residual" in kinds)
+
+
+def _expected_inputs(entry: PlanEntry, plan: Plan) -> int:
     dw = entry.depthwise
     dw_inputs = 0 if dw is None else 1 + any(e.op == "bias" for e in dw.epilogue)
-    return 1 + n_arrays + ("bias" in kinds) + ("residual" in kinds) + dw_inputs
-
-
-def _probe(entry: PlanEntry) -> np.ndarray:
-    """A tiny all-zero weight that fits the entry's layout (to count its format arrays)."""
-    lay = parse_layout(entry.layout)
-    r, c = lay.params if lay.kind == "bsr" else (1, lay.params[1] if lay.kind == "nm" else 1)
-    return np.zeros((r, c), np.float32)
+    projection = [e for e in plan.entries if e.fused_into == entry.node]
+    return 1 + _own_inputs(entry) + dw_inputs + sum(_own_inputs(e) for e in projection)
 
 
 def verify_plan(graph: ir.Graph, plan: Plan) -> None:
@@ -121,6 +118,15 @@ def verify_plan(graph: ir.Graph, plan: Plan) -> None:
         if any(e.op not in EPILOGUE_OPS for e in entry.epilogue):
             raise InvariantError(f"{where}: unknown epilogue step in {entry.epilogue}")
         verify_stats(entry)
+        if entry.fused_into is not None:
+            host = lowered.get(entry.fused_into)
+            if host is None or host.attributes.get_string("pj_entry", None) != entry.node:
+                raise InvariantError(f"{where}: fused into {entry.fused_into}, but that node "
+                                     f"does not compute it")
+            if entry.node in nodes:
+                raise InvariantError(f"{where}: fused into {entry.fused_into} but still in "
+                                     f"the graph")
+            continue
         sparse = lowered.get(entry.node)
         if sparse is not None:
             want = ops.CONV if entry.op == "Conv" else ops.LINEAR
@@ -128,7 +134,7 @@ def verify_plan(graph: ir.Graph, plan: Plan) -> None:
                 raise InvariantError(f"{where}: lowered to {sparse.op_type} "
                                      f"{sparse.attributes.get_string('layout')}, expected "
                                      f"{want} {entry.layout}")
-            if len(sparse.inputs) != _expected_inputs(entry):
+            if len(sparse.inputs) != _expected_inputs(entry, plan):
                 raise InvariantError(f"{where}: {sparse.op_type} has {len(sparse.inputs)} inputs")
             fused = entry.fused_nodes + ([] if entry.depthwise is None else
                                          [entry.depthwise.node, *entry.depthwise.fused_nodes])

@@ -109,6 +109,13 @@ def pack(w: np.ndarray, layout: Layout | str) -> Packed:
     raise LayoutError(f"no storage format for layout {lay.name}")
 
 
+def array_keys(layout: Layout | str) -> list[str]:
+    """The names of the arrays ``pack`` makes for ``layout``, in order."""
+    lay = parse_layout(layout) if isinstance(layout, str) else layout
+    r, c = lay.params if lay.kind == "bsr" else (1, lay.params[1] if lay.kind == "nm" else 1)
+    return list(pack(np.zeros((r, c), np.float32), lay).arrays)
+
+
 def unpack(p: Packed) -> np.ndarray:
     """The dense ``[out, in]`` weight back from its packed arrays (tests and verification)."""
     lay = parse_layout(p.layout)

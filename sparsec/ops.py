@@ -15,6 +15,7 @@ Inputs, in this order:
   then ``residual`` (Y's shape) when "residual" is in the epilogue
   then, for a SparseConv with a fused depthwise conv, ``dw_weight`` [O, 1, kh, kw] and
   ``dw_bias`` [O] when "bias" is in ``dw_epilogue``
+  then, with a fused projection too, its format arrays, bias and residual, as above
 
 Attributes:
   layout (str), out_features (int), in_features (int), entry (str: the Plan entry's node),
@@ -22,7 +23,9 @@ Attributes:
   SparseConv also: kernel_shape, strides, pads (top, left, bottom, right), dilations; and
   with a fused depthwise conv (``passes/fuse_depthwise.py``): dw_kernel_shape, dw_strides,
   dw_pads, dw_epilogue (+ dw_clip_min/dw_clip_max). Then
-  ``Y = dw_epilogue(depthwise_conv2d(epilogue(conv2d(X, W)), dw_weight))``.
+  ``Y = dw_epilogue(depthwise_conv2d(epilogue(conv2d(X, W)), dw_weight))``. A fused 1x1
+  projection after that adds pj_entry, pj_layout, pj_out_features, pj_epilogue
+  (+ pj_clip_min/pj_clip_max): ``Y = pj_epilogue(conv2d(that, W_pj))``.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class SparseOpSpec:
     conv: ConvAttrs | None = None
     depthwise: ConvAttrs | None = None  # a fused depthwise conv after the conv (group = out)
     dw_epilogue: list[EpilogueStep] = field(default_factory=list)
+    project: SparseOpSpec | None = None  # a fused 1x1 projection after the depthwise conv
 
     @property
     def has_dw_bias(self) -> bool:

@@ -108,6 +108,7 @@ class PlanEntry:
     source_shape: tuple[int, ...] | None = None
     estimated_speedup: float | None = None  # cost model: dense time / chosen layout time
     depthwise: DepthwiseFusion | None = None  # a depthwise conv fused after this 1x1 conv
+    fused_into: str | None = None  # this 1x1 conv is computed by that entry's kernel
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PlanEntry:
@@ -133,6 +134,8 @@ class PlanEntry:
             reason += f"; {self.removed_rows} all-zero output channels removed"
         if self.depthwise is not None:
             reason += f"; fused with depthwise {self.depthwise.node}"
+        if self.fused_into is not None:
+            reason += f"; computed inside {self.fused_into}'s kernel"
         return {
             "name": self.node,
             "op": self.op,

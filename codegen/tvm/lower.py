@@ -27,6 +27,7 @@ from tvm.relax.frontend.onnx import onnx_frontend as tvm_onnx
 
 from sparsec import ops
 from sparsec.errors import CompileError
+from sparsec.formats import array_keys
 from sparsec.ops import SparseOpSpec
 from sparsec.plan import ConvAttrs
 from sparsec.codegen.tvm.kernels import kernel_for
@@ -45,38 +46,41 @@ class Built:
     params: dict[str, np.ndarray] = field(default_factory=dict)  # in call order
 
 
-def read_spec(node: onnx.NodeProto, n_arrays: int) -> SparseOpSpec:
+def read_spec(node: onnx.NodeProto) -> SparseOpSpec:
+    """The node's attributes and the names of its format-array inputs (sparsec/ops.py)."""
     a = {x.name: onnx.helper.get_attribute_value(x) for x in node.attribute}
     dec = lambda v: v.decode() if isinstance(v, bytes) else v  # noqa: E731
-    conv = dw = None
-    if node.op_type == ops.CONV:
-        conv = ConvAttrs(tuple(a["kernel_shape"]), tuple(a.get("strides", (1, 1))),
-                         tuple(a.get("pads", (0, 0, 0, 0))), tuple(a.get("dilations", (1, 1))))
-        if "dw_kernel_shape" in a:
-            dw = ConvAttrs(tuple(a["dw_kernel_shape"]), tuple(a["dw_strides"]),
-                           tuple(a["dw_pads"]), (1, 1), int(a["out_features"]))
-    return SparseOpSpec(
+
+    def steps(prefix: str):
+        return ops.epilogue_from_attrs([dec(s) for s in a.get(f"{prefix}epilogue", [])],
+                                       a.get(f"{prefix}clip_min"), a.get(f"{prefix}clip_max"))
+
+    layout = dec(a["layout"])
+    spec = SparseOpSpec(
         op_type=node.op_type,
-        layout=dec(a["layout"]),
+        layout=layout,
         out_features=int(a["out_features"]),
         in_features=int(a["in_features"]),
         entry=dec(a.get("entry", node.name)),
-        epilogue=ops.epilogue_from_attrs([dec(s) for s in a.get("epilogue", [])],
-                                         a.get("clip_min"), a.get("clip_max")),
-        array_names=list(node.input[1:1 + n_arrays]),
-        conv=conv,
-        depthwise=dw,
-        dw_epilogue=ops.epilogue_from_attrs([dec(s) for s in a.get("dw_epilogue", [])],
-                                            a.get("dw_clip_min"), a.get("dw_clip_max")),
+        epilogue=steps(""),
+        array_names=list(node.input[1:1 + len(array_keys(layout))]),
     )
-
-
-def _n_arrays(node: onnx.NodeProto) -> int:
-    a = {x.name: onnx.helper.get_attribute_value(x) for x in node.attribute}
-    dec = lambda v: v.decode() if isinstance(v, bytes) else v  # noqa: E731
-    steps = [dec(s) for s in a.get("epilogue", [])]
-    dw = 0 if "dw_kernel_shape" not in a else 1 + ("bias" in [dec(s) for s in a["dw_epilogue"]])
-    return len(node.input) - 1 - ("bias" in steps) - ("residual" in steps) - dw
+    if node.op_type != ops.CONV:
+        return spec
+    spec.conv = ConvAttrs(tuple(a["kernel_shape"]), tuple(a.get("strides", (1, 1))),
+                          tuple(a.get("pads", (0, 0, 0, 0))), tuple(a.get("dilations", (1, 1))))
+    if "dw_kernel_shape" in a:
+        spec.depthwise = ConvAttrs(tuple(a["dw_kernel_shape"]), tuple(a["dw_strides"]),
+                                   tuple(a["dw_pads"]), (1, 1), spec.out_features)
+        spec.dw_epilogue = steps("dw_")
+    if "pj_layout" in a:
+        pj_layout = dec(a["pj_layout"])
+        at = 1 + len(spec.array_names) + spec.has_bias + spec.has_residual + 1 + spec.has_dw_bias
+        spec.project = SparseOpSpec(
+            ops.CONV, pj_layout, int(a["pj_out_features"]), spec.out_features,
+            dec(a["pj_entry"]), steps("pj_"),
+            list(node.input[at:at + len(array_keys(pj_layout))]), ConvAttrs((1, 1)))
+    return spec
 
 
 def _normalize_constants(proto: onnx.ModelProto) -> None:
@@ -109,8 +113,11 @@ def _prepare(proto: onnx.ModelProto, target) -> dict[str, tuple[SparseOpSpec, di
             continue
         if not node.name or node.name in side:
             raise CompileError(f"codegen/tvm: sparse node needs a unique name, got '{node.name}'")
-        spec = read_spec(node, _n_arrays(node))
+        spec = read_spec(node)
+        pj_names = spec.project.array_names if spec.project else []
         arrays = {nm.rsplit(".", 1)[-1]: numpy_helper.to_array(inits[nm]) for nm in spec.array_names}
+        arrays.update({"pj_" + nm.rsplit(".", 1)[-1]: numpy_helper.to_array(inits[nm])
+                       for nm in pj_names})
         try:
             prepared = kernel_for(spec).prepare(spec, arrays, target)
         except Exception as exc:
@@ -124,11 +131,12 @@ def _prepare(proto: onnx.ModelProto, target) -> dict[str, tuple[SparseOpSpec, di
             name = f"{base}.{key}"  # may reuse a packed array's name: the old one is dropped
             added.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
             new_names.append(name)
-        drop.update(spec.array_names)
+        drop.update(spec.array_names + pj_names)
         del node.attribute[:]  # read into `spec`; TVM's attr parser rejects empty lists
-        x_name, rest = node.input[0], list(node.input[1 + len(spec.array_names):])
+        x_name = node.input[0]
+        rest = [n for n in node.input[1 + len(spec.array_names):] if n not in pj_names]
         del node.input[:]
-        node.input.extend([x_name, *new_names, *rest])
+        node.input.extend([x_name, *new_names, *rest])  # the projection's arrays are prepared
         spec.array_names = new_names
         side[node.name] = (spec, prepared)
     # Packed arrays are replaced by the prepared ones; a packed array another node still
@@ -186,7 +194,7 @@ class _Importer(tvm_onnx.ONNXGraphImporter):
         extra = list(inputs[1 + n:])
         bias = extra.pop(0) if spec.has_bias else None
         residual = extra.pop(0) if spec.has_residual else None
-        dw = extra  # dw_weight and dw_bias, when a depthwise conv is fused
+        fused = extra  # dw_weight, dw_bias, the projection's bias and residual (when fused)
         in_shape = [int(d) for d in x.ty.shape]
         if spec.op_type == ops.LINEAR:
             rows = int(np.prod(in_shape[:-1])) if len(in_shape) > 1 else 1
@@ -203,7 +211,7 @@ class _Importer(tvm_onnx.ONNXGraphImporter):
         if residual is not None:
             args.append(bb.emit(relax.op.reshape(residual, kernel_out))
                         if list(kernel_out) != out_shape else residual)
-        args += dw
+        args += fused
         try:
             func = kernel_for(spec).build(spec, kernel_in, prepared, self._target, None)
         except Exception as exc:
@@ -227,6 +235,7 @@ def _ident(name: str) -> str:
 
 def _conv_out_shape(spec: SparseOpSpec, in_shape: list[int]) -> list[int]:
     n, _, h, w = in_shape
+    out = spec.project.out_features if spec.project else spec.out_features
     for conv in (spec.conv, spec.depthwise):
         if conv is None:
             continue
@@ -234,7 +243,7 @@ def _conv_out_shape(spec: SparseOpSpec, in_shape: list[int]) -> list[int]:
         (pt, pl, pb, pr), (dh, dw) = conv.pads, conv.dilations
         h = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
         w = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
-    return [n, spec.out_features, h, w]
+    return [n, out, h, w]
 
 
 def build(model: ir.Model, target, pipeline, extra_outputs: tuple[str, ...] = ()) -> Built:

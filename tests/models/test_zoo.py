@@ -171,6 +171,10 @@ def test_pruned_model_compiles_and_matches_torch(name):
         else:
             assert r["layout"] in SPARSE, (layer, r["layout"])
     assert sum(rows[p]["layout"] in SPARSE for p in pruned) >= 2
+    if name.startswith("mobilenetv2"):  # every expand conv computes its block's depthwise
+        expands = [r for r in cm.report if r["name"].endswith(".expand")]
+        assert expands and all("fused with depthwise" in r["reason"] for r in expands)
+        assert any("computed inside" in r["reason"] for r in cm.report)
 
 
 def test_two_four_is_detected():

@@ -113,7 +113,21 @@ def sparse_reference(node: ir.Node, values: dict[str, np.ndarray]) -> np.ndarray
         node.attributes.get_float("dw_clip_max", None))
     dw_w = rest.pop(0)
     dw_bias = rest.pop(0) if any(s.op == "bias" for s in dw_steps) else None
-    return ops.apply_epilogue(_depthwise(y, dw_w, node), dw_steps, dw_bias, channel_axis=1)
+    y = ops.apply_epilogue(_depthwise(y, dw_w, node), dw_steps, dw_bias, channel_axis=1)
+    pj_layout = node.attributes.get_string("pj_layout", None)
+    if pj_layout is None:
+        return y
+    a = node.attributes
+    keys = _array_keys(pj_layout)
+    packed = {k: rest.pop(0) for k in keys}
+    w_pj = unpack(Packed(pj_layout, (a.get_int("pj_out_features"), y.shape[1]), packed))
+    pj_steps = ops.epilogue_from_attrs(list(a.get_strings("pj_epilogue")),
+                                       a.get_float("pj_clip_min", None),
+                                       a.get_float("pj_clip_max", None))
+    pj_bias = rest.pop(0) if any(s.op == "bias" for s in pj_steps) else None
+    pj_res = rest.pop(0) if any(s.op == "residual" for s in pj_steps) else None
+    acc = np.einsum("oc,nchw->nohw", w_pj.astype(np.float64), y.astype(np.float64))
+    return ops.apply_epilogue(acc, pj_steps, pj_bias, pj_res, channel_axis=1)
 
 
 def _depthwise(x: np.ndarray, w: np.ndarray, node: ir.Node) -> np.ndarray:

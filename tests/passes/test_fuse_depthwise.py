@@ -21,8 +21,9 @@ CPU = TargetSpec("cpu", "test cpu")
 
 
 def block(tools, stride=1, width=10, act="Clip", layout_density=0.2, dw_bias=True,
-          extra_use=False):
-    """x -> Conv 1x1 (sparse) + Clip -> depthwise 3x3 -> act -> y (and maybe a 2nd use)."""
+          extra_use=False, project=False):
+    """x -> Conv 1x1 (sparse) + Clip -> depthwise 3x3 -> act -> y (and maybe a 2nd use);
+    with ``project``, then -> Conv 1x1 "proj" (sparse, bias) + x -> out."""
     e, c = 24, 8
     we = rng.standard_normal((e, c, 1, 1)).astype(np.float32)
     we[rng.random(we.shape) >= layout_density] = 0
@@ -38,6 +39,11 @@ def block(tools, stride=1, width=10, act="Clip", layout_density=0.2, dw_bias=Tru
     elif act == "Relu":
         nodes.append(helper.make_node("Relu", ["d"], ["y"], name="dw_act"))
         out = "y"
+    if project:
+        nodes += [helper.make_node("Conv", [out, "proj.weight", "proj.bias"], ["pr"],
+                                   name="proj"),
+                  helper.make_node("Add", ["pr", "x"], ["out"], name="residual")]
+        out = "out"
     outputs = [out]
     if extra_use:
         nodes.append(helper.make_node("Neg", ["p6"], ["side"], name="side"))
@@ -47,11 +53,16 @@ def block(tools, stride=1, width=10, act="Clip", layout_density=0.2, dw_bias=Tru
              "lo": np.float32(0), "hi": np.float32(6)}
     if dw_bias:
         inits["dw.bias"] = rng.standard_normal(e).astype(np.float32)
+    if project:
+        wp = rng.standard_normal((c, e, 1, 1)).astype(np.float32)
+        wp[rng.random(wp.shape) >= 0.3] = 0
+        inits["proj.weight"], inits["proj.bias"] = wp, rng.standard_normal(c).astype(np.float32)
     return tools.model(nodes, {"x": (1, c, width, width)}, outputs, inits)
 
 
 def run(tools, m, **opts):
-    opts = CompileOptions(layouts={"pw": opts.pop("layout", "chw-spmm")}, **opts)
+    layouts = {"pw": opts.pop("layout", "chw-spmm"), "proj": opts.pop("proj", "chw-spmm")}
+    opts = CompileOptions(layouts=layouts, **opts)
     lm, plan = pipeline.run(m, opts, CPU, on_step=tools.verify_each)
     x = rng.standard_normal(tuple(int(d) for d in m.graph.inputs[0].shape)).astype(np.float32)
     got, want = tools.evaluate(lm, {"x": x}), tools.ort(m, {"x": x})
@@ -104,3 +115,32 @@ def test_skip_reasons_are_counted(tools):
     p = FuseDepthwisePass(plan)
     assert not p(lm).modified
     assert p.counts == {"skipped: Conv dw: stride 2 over an odd width 9": 1}
+
+
+@pytest.mark.parametrize("layout", ["chw-spmm", "dense"])
+def test_fuses_the_projection_too(tools, layout):
+    lm, plan = run(tools, block(tools, project=True), layout=layout)
+    assert tools.op_types(lm) == ["SparseConv"]
+    (node,) = tools.sparse_nodes(lm)
+    assert node.outputs[0].name == "out"
+    a = node.attributes
+    assert (a.get_string("pj_entry"), a.get_string("pj_layout"), a.get_int("pj_out_features"),
+            list(a.get_strings("pj_epilogue"))) == ("proj", "chw-spmm", 8, ["bias", "residual"])
+    pw, proj = plan.entries
+    assert pw.depthwise.node == "dw" and proj.fused_into == "pw" and pw.fused_into is None
+    assert "computed inside pw's kernel" in proj.report_row()["reason"]
+    assert Plan.from_json(plan.to_json()) == plan
+
+
+def test_dense_projection_is_kept(tools):
+    from sparsec.passes.fuse_depthwise import FuseDepthwisePass
+
+    m = block(tools, project=True)
+    lm, plan = run(tools, m, proj="dense")
+    assert tools.op_types(lm) == ["SparseConv", "SparseConv"]
+    assert plan.entries[1].fused_into is None and plan.entries[0].depthwise is not None
+    opts = CompileOptions(layouts={"pw": "chw-spmm", "proj": "dense"}, fuse_depthwise=False)
+    lm, plan = pipeline.run(m, opts, CPU)
+    p = FuseDepthwisePass(plan)
+    assert p(lm).modified
+    assert p.counts["projection kept: projection layout dense is not csr or chw-spmm"] == 1

@@ -42,6 +42,7 @@ from sparsec.codegen.tvm.kernels.conv import _cores, _prepare_dense, _prepare_sa
 from sparsec.codegen.tvm.kernels.conv_geometry import F32, pow2_pieces, vloop
 from sparsec.codegen.tvm.kernels.conv_inner import _i32, _pow2_floor, acc_vectors, span
 from sparsec.errors import CompileError
+from sparsec.formats import Packed, index_dtype, unpack
 from sparsec.ops import SparseOpSpec
 from sparsec.plan import ConvAttrs
 
@@ -108,8 +109,9 @@ def _tiles(rows: int, cols: int, budget: int):
 
 def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
           knobs=None) -> tirx.PrimFunc:
-    """PrimFunc ``(x, values, indices, indptr, [bias], dw_weight, [dw_bias], y)`` of a
-    SparseConv with ``spec.depthwise``."""
+    """PrimFunc ``(x, <arrays>, [bias], dw_weight, [dw_bias], [pj_bias], [pj_residual], y)``
+    of a SparseConv with ``spec.depthwise`` (and maybe ``spec.project``; then ``<arrays>``
+    end with the projection's pj_values, pj_rows, pj_colptr and Y has its channels)."""
     knobs = dict(knobs or {})
     vl = simd_lanes(target, knobs)
     dw_steps = spec.dw_epilogue
@@ -133,13 +135,18 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
         e_budget -= e_budget % 2
     cores = _cores(target, knobs)
     blocks = -(-g.e // rows)
-    tasks = max(1, min(blocks, int(knobs.get("tasks_per_core", TASKS_PER_CORE)) * cores))
+    pj = spec.project
+    # with a projection every task keeps partial sums of all of it: one task per core
+    tasks = max(1, min(blocks, cores if pj else
+                       int(knobs.get("tasks_per_core", TASKS_PER_CORE)) * cores))
     per = -(-blocks // tasks)
     tasks = -(-blocks // per)
     has_bias = spec.has_bias
     has_dw_bias = spec.has_dw_bias
     p = g.h * g.w
-    y_shape = (g.n, g.e, g.oh, g.ow)
+    px = g.oh * g.ow
+    o_out = pj.out_features if pj else g.e
+    y_shape = (g.n, o_out, g.oh, g.ow)
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
@@ -149,9 +156,17 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
             bias = T.arg("bias", T.buffer((g.e,), F32)) if has_bias else None
             bufs["dw_weight"] = T.arg("dw_weight", T.buffer((g.e, 1, g.kh, g.kw), F32))
             dbias = T.arg("dw_bias", T.buffer((g.e,), F32)) if has_dw_bias else None
+            pj_bias = pj_res = None
+            if pj is not None and pj.has_bias:
+                pj_bias = T.arg("pj_bias", T.buffer((o_out,), F32))
+            res = (T.arg("pj_residual", T.buffer(y_shape, F32))
+                   if pj is not None and pj.has_residual else None)
             y = T.arg("y", T.buffer(y_shape, F32))
+            if res is not None:
+                pj_res = T.decl_buffer((g.n * o_out * px,), F32, data=res.data)
             xf = T.decl_buffer((g.n * g.c * p,), F32, data=x.data)
-            yf = T.decl_buffer((g.n * g.e * g.oh * g.ow,), F32, data=y.data)
+            yf = T.decl_buffer((g.n * o_out * px,), F32, data=y.data)
+            part = T.decl_buffer((tasks * o_out * px,), F32) if pj else None
             k = _Fused(spec, g, vl, budget, e_budget, rows, bufs, xf, yf, bias, dbias,
                        dw_steps)
             with T.serial(g.n) as n:
@@ -159,17 +174,32 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
                     z = T.decl_buffer((rows * g.z_size,), F32)
                     vloop(rows * g.z_size,
                           lambda l: T.buffer_store(z, tirx.const(0.0, F32), [l]), chunk=vl)
+                    if pj:
+                        d = T.decl_buffer((px,), F32)  # one channel of the depthwise output
+                        vloop(o_out * px, lambda l: T.buffer_store(
+                            part, tirx.const(0.0, F32), [t * (o_out * px) + l]), chunk=vl)
                     lo = T.Bind(t * per)
                     with span(lo, T.min(lo + per, blocks)) as blk:
                         k.expand(z, n, blk)
                         for rr in range(rows):
                             ch = T.Bind(blk * rows + rr)
+
+                            def one(rr=rr, ch=ch):
+                                if pj:
+                                    k.depthwise(z, rr * g.z_size, ch, d, 0)
+                                    k.project(part, t, d, ch)
+                                else:
+                                    k.depthwise(z, rr * g.z_size, ch, yf,
+                                                T.Bind((n * g.e + ch) * px))
+
                             if g.e % rows:
                                 with T.If(ch < g.e):
                                     with T.Then():
-                                        k.depthwise(z, rr * g.z_size, n, ch)
+                                        one()
                             else:
-                                k.depthwise(z, rr * g.z_size, n, ch)
+                                one()
+                if pj:
+                    k.reduce(part, tasks, n, pj_bias, pj_res)
     return ib.get()
 
 
@@ -267,26 +297,54 @@ class _Fused:
 
     # ------------------------------------------------------------ depthwise: Z -> D
 
-    def depthwise(self, z, z0: int, n, ch) -> None:
-        """D[n, ch] from channel ch's Z (at ``z0``)."""
+    def depthwise(self, z, z0: int, ch, out, ybase) -> None:
+        """D[ch] from channel ch's Z (at ``z0``) into ``out[ybase:]`` (OH x OW)."""
         g = self.g
         mode = _tiles(g.oh, g.wq, self.budget)
-        ybase = T.Bind((n * g.e + ch) * (g.oh * g.ow))
         if mode[0] == "rows":
             _, r, count, tail = mode
             if count:
                 with T.serial(count) as rb:
-                    self._dw_rows(z, z0, ch, ybase, T.Bind(rb * r), r)
+                    self._dw_rows(z, z0, ch, out, ybase, T.Bind(rb * r), r)
             if tail:
-                self._dw_rows(z, z0, ch, ybase, count * r, tail)
+                self._dw_rows(z, z0, ch, out, ybase, count * r, tail)
         else:
             segs = [(c0, min(self.budget, g.ow - c0)) for c0 in range(0, g.ow, self.budget)]
             with T.serial(g.oh) as oh:
                 for c0, width in segs:
                     acc = self._taps(z, ch, T.Bind(z0 + oh * g.wq + c0), width)
                     yoff = T.Bind(ybase + oh * g.ow + c0)
-                    vloop(width, lambda l: T.buffer_store(self.yf, self._ep(acc[l], ch),
+                    vloop(width, lambda l: T.buffer_store(out, self._ep(acc[l], ch),
                                                           [yoff + l]))
+
+    def project(self, part, t, d, ch) -> None:
+        """part[t, o] += W_pj[o, ch] * D[ch] for the projection's nonzeros in column ch."""
+        px = self.g.oh * self.g.ow
+        b = self.bufs
+        o_total = self.spec.project.out_features
+        with span(b["pj_colptr"][ch], b["pj_colptr"][ch + 1]) as j:
+            base = T.Bind((t * o_total + _i32(b["pj_rows"][j])) * px)
+            wv = T.Bind(b["pj_values"][j])
+            vloop(px, lambda l: T.buffer_store(part, part[base + l] + wv * d[l], [base + l]),
+                  chunk=4 * self.vl)
+
+    def reduce(self, part, tasks: int, n, pj_bias, pj_res) -> None:
+        """Y[n] = pj_epilogue(sum over tasks of part[t]), parallel over output channels."""
+        px = self.g.oh * self.g.ow
+        o_total = self.spec.project.out_features
+        with T.parallel(o_total) as o:
+            yb = T.Bind((n * o_total + o) * px)
+
+            def put(l):
+                acc = part[o * px + l]
+                for t in range(1, tasks):
+                    acc = acc + part[(t * o_total + o) * px + l]
+                value = epi.emit(acc, self.spec.project.epilogue,
+                                 bias=pj_bias[o] if pj_bias is not None else None,
+                                 residual=pj_res[yb + l] if pj_res is not None else None)
+                T.buffer_store(self.yf, value, [yb + l])
+
+            vloop(px, put, chunk=4 * self.vl)
 
     def _taps(self, z, ch, q0, width: int):
         g, wd = self.g, self.bufs["dw_weight"]
@@ -304,7 +362,7 @@ class _Fused:
         b = self.dbias[ch] if self.dbias is not None else None
         return epi.emit(value, self.dw_steps, bias=b)
 
-    def _dw_rows(self, z, z0: int, ch, ybase, oh0, rows: int) -> None:
+    def _dw_rows(self, z, z0: int, ch, out, ybase, oh0, rows: int) -> None:
         g = self.g
         width = rows * g.wq
         acc = self._taps(z, ch, T.Bind(z0 + oh0 * g.wq), width)
@@ -312,11 +370,37 @@ class _Fused:
         vloop(width, lambda l: T.buffer_store(stage, self._ep(acc[l], ch), [l]))
         for r in range(rows):
             yoff = T.Bind(ybase + (oh0 + r) * g.ow)
-            vloop(g.ow, lambda l: T.buffer_store(self.yf, stage[r * g.wq + l], [yoff + l]))
+            vloop(g.ow, lambda l: T.buffer_store(out, stage[r * g.wq + l], [yoff + l]))
+
+
+def _with_projection(prepare):
+    """``prepare`` for the expand conv's arrays, plus the projection's (``pj_*`` keys)
+    turned column-major: for each input channel c, its nonzeros' output rows and values
+    (``pj_colptr`` [E + 1], ``pj_rows``, ``pj_values``), the order ``project`` walks."""
+
+    def run(spec: SparseOpSpec, arrays: dict[str, np.ndarray], target):
+        own = {k: v for k, v in arrays.items() if not k.startswith("pj_")}
+        out = prepare(spec, own, target)
+        pj = spec.project
+        if pj is None:
+            return out
+        packed = {k[3:]: v for k, v in arrays.items() if k.startswith("pj_")}
+        w = unpack(Packed(pj.layout, (pj.out_features, pj.in_features), packed))
+        cols, rows = np.nonzero(w.T)
+        colptr = np.zeros(pj.in_features + 1, np.int32)
+        np.cumsum(np.bincount(cols, minlength=pj.in_features), out=colptr[1:])
+        out["pj_values"] = np.ascontiguousarray(w.T[cols, rows] if cols.size else
+                                                np.zeros(1, np.float32))
+        out["pj_rows"] = (rows if rows.size else np.zeros(1, np.int64)).astype(
+            index_dtype(pj.out_features - 1))
+        out["pj_colptr"] = colptr
+        return out
+
+    return run
 
 
 KERNELS = {
-    ("SparseConv", "dw:csr"): KernelDef(_prepare_same, build),
-    ("SparseConv", "dw:chw-spmm"): KernelDef(_prepare_same, build),
-    ("SparseConv", "dw:dense"): KernelDef(_prepare_dense, build),
+    ("SparseConv", "dw:csr"): KernelDef(_with_projection(_prepare_same), build),
+    ("SparseConv", "dw:chw-spmm"): KernelDef(_with_projection(_prepare_same), build),
+    ("SparseConv", "dw:dense"): KernelDef(_with_projection(_prepare_dense), build),
 }

@@ -24,7 +24,10 @@ RELU6 = EpilogueStep("clip", 0.0, 6.0)
 
 def _run(x_shape, e, stride=1, pads=(1, 1, 1, 1), kernel=(3, 3), layout="chw-spmm",
          density=0.3, steps=(EpilogueStep("bias"), RELU6),
-         dw_steps=(EpilogueStep("bias"), RELU6), target=HOST, knobs=None, zero_rows=()):
+         dw_steps=(EpilogueStep("bias"), RELU6), target=HOST, knobs=None, zero_rows=(),
+         project=None):
+    """``project``: (out channels, layout, density, epilogue step names) of a fused
+    projection, or None."""
     rng = np.random.default_rng(1)
     n, c, h, w = x_shape
     we = (rng.standard_normal((e, c)) * (rng.random((e, c)) < density)).astype(np.float32)
@@ -33,8 +36,18 @@ def _run(x_shape, e, stride=1, pads=(1, 1, 1, 1), kernel=(3, 3), layout="chw-spm
     spec = SparseOpSpec("SparseConv", layout, e, c, "expand", list(steps), list(packed.arrays),
                         ConvAttrs((1, 1)), ConvAttrs(kernel, (stride, stride), pads, (1, 1), e),
                         list(dw_steps))
+    given = dict(packed.arrays)
+    if project:
+        o, pj_layout, pj_density, pj_steps = project
+        w_pj = (rng.standard_normal((o, e)) * (rng.random((o, e)) < pj_density)).astype(
+            np.float32)
+        pj_packed = pack(w_pj, pj_layout)
+        spec.project = SparseOpSpec("SparseConv", pj_layout, o, e, "project",
+                                    [EpilogueStep(s) for s in pj_steps],
+                                    list(pj_packed.arrays), ConvAttrs((1, 1)))
+        given.update({f"pj_{k}": v for k, v in pj_packed.arrays.items()})
     kd = kernel_for(spec)
-    arrays = kd.prepare(spec, packed.arrays, target)
+    arrays = kd.prepare(spec, given, target)
     func = kd.build(spec, x_shape, arrays, target, knobs or {})
     lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target)
 
@@ -49,6 +62,13 @@ def _run(x_shape, e, stride=1, pads=(1, 1, 1, 1), kernel=(3, 3), layout="chw-spm
     ref = apply_epilogue(ref, spec.dw_epilogue, dw_bias, channel_axis=1)
     args = [x, *arrays.values()] + ([bias] if spec.has_bias else []) + [wd]
     args += [dw_bias] if spec.has_dw_bias else []
+    if project:
+        ref = np.einsum("oc,nchw->nohw", w_pj.astype(np.float64), ref.astype(np.float64))
+        pj_bias = rng.standard_normal(ref.shape[1]).astype(np.float32)
+        pj_res = rng.standard_normal(ref.shape).astype(np.float32)
+        ref = apply_epilogue(ref, spec.project.epilogue, pj_bias, pj_res, channel_axis=1)
+        args += [pj_bias] if spec.project.has_bias else []
+        args += [pj_res] if spec.project.has_residual else []
     args.append(np.full(ref.shape, np.nan, np.float32))  # every output must be written
     tensors = [tvm.runtime.tensor(a) for a in args]
     lib["main"](*tensors)
@@ -107,6 +127,20 @@ def test_vector_widths(mcpu, flag):
     for stride, layout in ((1, "chw-spmm"), (2, "chw-spmm"), (2, "dense")):
         out, ref = _run((1, 8, 28, 28), 26, stride, layout=layout, target=target)
         np.testing.assert_allclose(out, ref, **TOL)
+
+
+@pytest.mark.parametrize("case", [
+    ((1, 8, 28, 28), 24, 1, "chw-spmm", (8, "csr", 0.3, ("bias", "residual")), {}),
+    ((2, 8, 14, 14), 26, 2, "dense", (16, "chw-spmm", 0.2, ("bias",)), {}),
+    ((1, 4, 9, 10), 12, 2, "csr", (5, "csr", 1.0, ("residual", "relu")), {"threads": 3}),
+    ((1, 4, 7, 7), 12, 1, "csr", (6, "csr", 0.0, ()), {}),  # an empty projection
+], ids=str)
+def test_fused_projection(case):
+    """The block's 1x1 projection accumulated per task and summed across tasks."""
+    shape, e, stride, layout, project, knobs = case
+    out, ref = _run(shape, e, stride, layout=layout, project=project, knobs=knobs,
+                    zero_rows=(1,))
+    np.testing.assert_allclose(out, ref, **TOL)
 
 
 def test_bad_specs_raise_compile_error():
