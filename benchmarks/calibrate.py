@@ -32,7 +32,7 @@ def report(name: str, s: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("results", type=Path, help="kernels.json of a --candidates run")
     ap.add_argument("--write", action="store_true", help="write targets/calibration/cpu-<isa>.json")
     ap.add_argument("--record", action="store_true",

@@ -29,7 +29,7 @@ def _ort(model):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("--repeat", type=int, default=200, help="timed calls per engine (200)")
     ap.add_argument("--only", action="append", help="example name (repeatable)")
     args = ap.parse_args(argv)

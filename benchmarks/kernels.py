@@ -296,7 +296,7 @@ def _shape(text: str) -> tuple[int, int]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("--quick", action="store_true", help="a small subset (a minute)")
     ap.add_argument("--out", default="benchmarks/results", help="where results go")
     ap.add_argument("--deepsparse-python", metavar="PY", help="a python with deepsparse 1.8")

@@ -383,7 +383,7 @@ def main(argv=None) -> int:
     if argv is None and len(sys.argv) > 2 and sys.argv[1] == "--child":
         print(json.dumps(child(sys.argv[2], sys.argv[3:])))
         return 0
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("--quick", action="store_true", help="mlp, mobilenetv2_96, bert_2layer at "
                     "0 and 0.9 (a few minutes)")
     ap.add_argument("--model", action="append", help="zoo model (repeatable)")

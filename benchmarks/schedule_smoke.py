@@ -132,7 +132,7 @@ def _ort_runner(model, feeds, threads):
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("--repeat", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-default", action="store_true",
