@@ -107,6 +107,17 @@ def _tiles(rows: int, cols: int, budget: int):
     return "seg", segs
 
 
+def _row_tiles(mode, body) -> None:
+    """``body(first row, rows)`` for each tile of a ("rows", R, count, tail) mode: a loop
+    over the whole tiles, then the tail tile."""
+    _, r, count, tail = mode
+    if count:
+        with T.serial(count) as rb:
+            body(T.Bind(rb * r), r)
+    if tail:
+        body(count * r, tail)
+
+
 def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
           knobs=None) -> tirx.PrimFunc:
     """PrimFunc ``(x, <arrays>, [bias], dw_weight, [dw_bias], [pj_bias], [pj_residual], y)``
@@ -225,12 +236,7 @@ class _Fused:
         g = self.g
         mode = _tiles(g.h, g.w, self.e_budget)
         if mode[0] == "rows":
-            _, r, count, tail = mode
-            if count:
-                with T.serial(count) as rb:
-                    self._expand_tile(z, n, blk, T.Bind(rb * r), r, 0, g.w)
-            if tail:
-                self._expand_tile(z, n, blk, count * r, tail, 0, g.w)
+            _row_tiles(mode, lambda u0, r: self._expand_tile(z, n, blk, u0, r, 0, g.w))
         else:
             with T.serial(g.h) as u:
                 for c0, width in mode[1]:
@@ -302,12 +308,7 @@ class _Fused:
         g = self.g
         mode = _tiles(g.oh, g.wq, self.budget)
         if mode[0] == "rows":
-            _, r, count, tail = mode
-            if count:
-                with T.serial(count) as rb:
-                    self._dw_rows(z, z0, ch, out, ybase, T.Bind(rb * r), r)
-            if tail:
-                self._dw_rows(z, z0, ch, out, ybase, count * r, tail)
+            _row_tiles(mode, lambda u0, r: self._dw_rows(z, z0, ch, out, ybase, u0, r))
         else:
             segs = [(c0, min(self.budget, g.ow - c0)) for c0 in range(0, g.ow, self.budget)]
             with T.serial(g.oh) as oh:
