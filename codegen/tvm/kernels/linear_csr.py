@@ -86,7 +86,10 @@ def emit_rows_path(f: LinearFunc, lanes: int, ntasks: int, task_rows, entries, t
         base = r0 * k
         acc = T.decl_buffer((unroll * w,), F32, scope="local")
         start, count = entries(o)
-        start, count = bind(start), bind(count)
+        # 64-bit: the nonzero index then folds into each load's address. With int32 every
+        # nonzero paid a lea and a sign extension; measured on AVX2 (Zen 3), 128 rows:
+        # 1.10-1.19x faster at 768x3072 and 1.16-1.17x at 4096x4096, the same elsewhere.
+        start, count = bind(T.Cast("int64", start)), bind(T.Cast("int64", count))
 
         def step(j, u):
             val, col = term(o, j)
