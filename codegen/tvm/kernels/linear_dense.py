@@ -4,8 +4,9 @@
 
 - ``prepare``: W [O, K] -> panels ``w_panels`` [P, K, NB], panel p holding output columns
   [p*NB, p*NB+NB) (zero-padded past O), NB = 2 vectors of the target (1 when O fits one);
-- ``build``: X is packed into row blocks ``XP`` [ceil(R/MR), K, MR] when R > 2 (contiguous
-  broadcasts, no 4K-aliasing of strided rows); then a parallel loop over (panel, row chunk)
+- ``build``: X is packed into row blocks ``XP`` [ceil(R/MR), K, MR] when R > 2, K >= 2048
+  and there are at least 8 panels to reuse it (contiguous broadcasts, no 4K-aliasing of
+  strided rows); then a parallel loop over (panel, row chunk)
   tasks runs the micro-kernel: MR x NB accumulators in registers, one k at a time
   (``acc[i, :] += x[r0+i, k] * panel[k, :]``, vectorized over the NB columns), and the epilogue
   fused into the store. MR fills the register file (14 with 32 registers, 6 with 16).
@@ -18,7 +19,7 @@ reused from L2 by every panel of the task. A weight that streams from memory onc
 row block, 32 MiB or more) is prefetched 32 k steps ahead.
 
 Knobs (all optional): ``mr`` rows per micro-tile, ``k_chunk``, ``prefetch`` (k steps, 0
-off), ``threads``, ``lanes``.
+off), ``pack`` (X into ``XP``: True/False), ``threads``, ``lanes``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ from sparsec.codegen.tvm.kernels.linear_common import (
 K_CHUNK = 256  # terms summed before a partial sum joins the total (see ``tile_whole``)
 PREFETCH = 32  # k steps ahead to prefetch W when it streams through once ...
 PREFETCH_MIN_BYTES = 32 << 20  # ... from memory, being this big
+# Packing X pays back over many panels and long rows only. Measured on AVX2 (Zen 3), one
+# kernel A/B'd in one process, unpacked over packed: 4096x4096 at 8-128 rows 0.95-0.99x and
+# 768x3072 at 128 rows 0.90x (so packed there); 3072x768 1.0-1.05x, 1024x1024 1.00x,
+# 256x64 and 256x256 at 360 rows 1.12-1.13x, 64x1024 at 512 rows 1.81x, 10x256 2.28x.
+PACK_MIN_K = 2048
+PACK_MIN_PANELS = 8
 
 
 def panel_width(out_features: int, lanes: int) -> int:
@@ -81,7 +88,10 @@ def _body(f: LinearFunc, panel_shape, lanes, registers, threads, knobs):
     W = f.arrays["w_panels"]
 
     xp = None
-    if rows > 2:
+    pack = knobs.get("pack")
+    if pack is None:
+        pack = k >= PACK_MIN_K and npanel >= PACK_MIN_PANELS
+    if rows > 2 and pack:
         xp = T.decl_buffer((nrb, k, mr), F32, scope="global")
         with loop(nrb, "parallel") as rb:
             with loop(T.min(mr, rows - rb * mr)) as i:

@@ -299,6 +299,13 @@ def test_long_reductions_are_summed_in_chunks(layout, density, rows):
     assert np.abs(y - ref).max() < 1e-4
 
 
+@pytest.mark.parametrize("pack", [True, False])
+@pytest.mark.parametrize("rows", [3, 13])
+def test_dense_with_and_without_packed_x(pack, rows):
+    """X packed into row blocks (by default only for K >= 2048 and 8+ panels) or read in place."""
+    _check("dense", 70, 300, rows, 1.0, knobs={"pack": pack}, seed=rows)
+
+
 @pytest.mark.parametrize("rows", [1, 5])
 def test_dense_prefetch_path(rows):
     """W prefetching (on by default only for weights over 32 MiB) is forced on a small one."""
