@@ -20,7 +20,7 @@ from sparsec.targets import cpu
 
 RECORDED = Path(__file__).resolve().parents[2] / "benchmarks" / "recorded"
 TOLERANCE = 1.10
-WITHIN_SHARE = 0.85  # of the points within TOLERANCE of the fastest (calibrated: 140 and 144 of 156)
+WITHIN_SHARE = 0.85  # of the points within TOLERANCE of the fastest (calibrated: 140, 144)
 WORST = 2.0  # calibrated: 1.49x (avx512, Xeon), 1.50x (avx2, AMD EPYC; bsr16x1 for csr at 5%)
 GEOMEAN = 1.05
 FILES = sorted(RECORDED.glob("kernels-*.json"))

@@ -6,11 +6,11 @@
   [p*NB, p*NB+NB) (zero-padded past O), NB = 2 vectors of the target (1 when O fits one);
 - ``build``: X is packed into row blocks ``XP`` [ceil(R/MR), K, MR] when R > 2, K >= 2048
   and there are at least 8 panels to reuse it (contiguous broadcasts, no 4K-aliasing of
-  strided rows); then a parallel loop over (panel, row chunk)
-  tasks runs the micro-kernel: MR x NB accumulators in registers, one k at a time
-  (``acc[i, :] += x[r0+i, k] * panel[k, :]``, vectorized over the NB columns), and the epilogue
-  fused into the store. MR fills the register file (14 with 32 registers, 6 with 16).
-  With 1-2 rows (GEMV) the k loop is split over two accumulator sets to hide FMA latency.
+  strided rows); then a parallel loop over (panel, row chunk) tasks runs the micro-kernel:
+  MR x NB accumulators in registers, one k at a time (``acc[i, :] += x[r0+i, k] *
+  panel[k, :]``, vectorized over the NB columns), and the epilogue fused into the store.
+  MR fills the register file (14 with 32 registers, 6 with 16). With 1-2 rows (GEMV) the
+  k loop is split over two accumulator sets to hide FMA latency.
 
 Over long reductions (k > 512) the sum runs in chunks of 256 whose sums are added to a
 total, for accuracy (``tile_whole``). With more than one row block the chunks are also the

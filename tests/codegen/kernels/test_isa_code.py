@@ -30,17 +30,18 @@ def _target(isa: str):
     return tvm.target.Target({"kind": "llvm", "mcpu": ISAS[isa], "num-cores": 2})
 
 
-def _weight(rows: int, cols: int, layout: str, rng) -> np.ndarray:
+def _weight(rows: int, cols: int, layout: str, rng, density: float = 0.4) -> np.ndarray:
+    """A random weight that fits ``layout`` (two of every four for nm2:4)."""
     if layout == "nm2:4":
         w = rng.standard_normal((rows, cols)).astype(np.float32)
         w.reshape(rows, cols // 4, 4)[..., 2:] = 0  # two of every four
         return w
     if layout.startswith("bsr"):
         r, c = (int(d) for d in layout[3:].split("x"))
-        keep = np.kron(rng.random((rows // r, cols // c)) < 0.4, np.ones((r, c), bool))
+        keep = np.kron(rng.random((rows // r, cols // c)) < density, np.ones((r, c), bool))
         return (rng.standard_normal((rows, cols)) * keep).astype(np.float32)
-    return (rng.standard_normal((rows, cols)) * (rng.random((rows, cols)) < 0.4)).astype(
-        np.float32)
+    keep = rng.random((rows, cols)) < density
+    return (rng.standard_normal((rows, cols)) * keep).astype(np.float32)
 
 
 def _asm(spec: SparseOpSpec, given: dict, in_shape, isa: str) -> str:
@@ -72,10 +73,7 @@ def _conv(layout: str) -> tuple[SparseOpSpec, dict, tuple]:
 
 def _expand_depthwise(layout: str, stride: int, project: bool):
     rng = np.random.default_rng(2)
-    w = _weight(24, 8, layout if layout != "dense" else "csr", rng)
-    if layout == "dense":
-        w = rng.standard_normal((24, 8)).astype(np.float32)
-    packed = pack(w, layout)
+    packed = pack(_weight(24, 8, layout, rng, 1.0 if layout == "dense" else 0.4), layout)
     spec = SparseOpSpec("SparseConv", layout, 24, 8, "expand", [EpilogueStep("relu")],
                         list(packed.arrays), ConvAttrs((1, 1)),
                         ConvAttrs((3, 3), (stride, stride), (1, 1, 1, 1), (1, 1), 24),
