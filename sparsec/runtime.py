@@ -37,6 +37,8 @@ class CompiledModel:
         self._runner = runner
         self._files = files  # artifact name -> where the file is now
         self._runner.set_params(params)
+        if hasattr(self._runner, "set_fresh_outputs"):
+            self._runner.set_fresh_outputs([bool(o.get("fresh")) for o in manifest["outputs"]])
         self.plan = Plan.from_dict(manifest["plan"])
         self._staging = staging
         if staging is not None:

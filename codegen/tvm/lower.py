@@ -44,6 +44,43 @@ class Built:
     input_names: list[str]
     output_names: list[str]
     params: dict[str, np.ndarray] = field(default_factory=dict)  # in call order
+    # Per output: the library returns a new buffer for it on every call, which the caller
+    # may own without a copy (``fresh_outputs``).
+    fresh_outputs: list[bool] = field(default_factory=list)
+
+
+def fresh_outputs(main: relax.Function) -> list[bool]:
+    """Which outputs of ``main`` (after memory planning) are new tensors on every call.
+
+    An output is fresh when it is an unplanned ``R.builtin.alloc_tensor`` that a kernel
+    wrote and no other output returns too. Anything else may share memory with an input, a
+    weight, a constant of the library or another output (an Identity, a Reshape's view), so
+    the runner copies it; a fresh output it can hand out as is."""
+    alloc = tvm.ir.Op.get("relax.builtin.alloc_tensor")
+    bound: dict = {}
+    body = main.body
+    for block in body.blocks:
+        for b in block.bindings:
+            if isinstance(b, relax.VarBinding):
+                bound[b.var] = b.value
+
+    def resolve(expr):
+        while isinstance(expr, relax.Var) and expr in bound:
+            expr = bound[expr]
+        return expr
+
+    result = resolve(body.body)
+    outs = list(result.fields) if isinstance(result, relax.Tuple) else [body.body]
+    fresh, seen = [], set()
+    for out in outs:
+        var = out
+        while isinstance(bound.get(var), relax.Var):
+            var = bound[var]
+        value = bound.get(var)
+        ok = isinstance(value, relax.Call) and value.op.same_as(alloc) and var not in seen
+        seen.add(var)
+        fresh.append(bool(ok))
+    return fresh
 
 
 def read_spec(node: onnx.NodeProto) -> SparseOpSpec:
@@ -270,7 +307,12 @@ def build(model: ir.Model, target, pipeline, extra_outputs: tuple[str, ...] = ()
     by_var = {str(var.name): name for name, (var, _) in importer._params.items()}
     ordered = {by_var[v]: params[by_var[v]] for v in param_order}
     mod["main"] = func.without_attr("params")
+    planned: list = []
     with tvm.transform.PassContext(opt_level=3):
-        ex = tvm.compile(mod, target=target, relax_pipeline=pipeline(target))
+        ex = tvm.compile(mod, target=target, relax_pipeline=pipeline(target, planned.append))
     inputs = [i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
-    return Built(ex, inputs, [o.name for o in proto.graph.output], ordered)
+    outputs = [o.name for o in proto.graph.output]
+    fresh = fresh_outputs(planned[-1]) if planned else []
+    if len(fresh) != len(outputs):
+        fresh = [False] * len(outputs)
+    return Built(ex, inputs, outputs, ordered, fresh)

@@ -116,14 +116,18 @@ def legalize_passes(target: Target) -> list[tvm.transform.Pass]:
     ]
 
 
-def lowering_passes(target: Target) -> list[tvm.transform.Pass]:
-    """Dataflow lowering and finalization, as in TVM's cpu_generic pipeline."""
+def lowering_passes(target: Target, on_planned=None) -> list[tvm.transform.Pass]:
+    """Dataflow lowering and finalization, as in TVM's cpu_generic pipeline.
+
+    ``on_planned(main)``, when given, sees the Relax ``main`` right after memory planning,
+    while the tensors the planner left unplanned are still ``R.builtin.alloc_tensor``."""
     return [
         relax.transform.RewriteDataflowReshape(),
         relax.transform.ToNonDataflow(),
         relax.transform.RemovePurityChecking(),
         relax.transform.CallTIRRewrite(),
         relax.transform.StaticPlanBlockMemory(),
+        *([_inspect_main(on_planned)] if on_planned else []),
         relax.transform.LowerAllocTensor(),
         relax.transform.KillAfterLastUse(),
         relax.transform.LowerRuntimeBuiltin(),
@@ -133,14 +137,24 @@ def lowering_passes(target: Target) -> list[tvm.transform.Pass]:
     ]
 
 
+def _inspect_main(callback) -> tvm.transform.Pass:
+    @tvm.transform.module_pass(opt_level=0, name="SparsecInspectMain")
+    def _inspect(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        callback(mod["main"])
+        return mod
+
+    return _inspect
+
+
 def scheduled_module(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
     """``mod`` run through the pipeline up to and including the schedule pass (for tests)."""
     with target:
         return tvm.transform.Sequential(legalize_passes(target) + [schedule_pass(target)])(mod)
 
 
-def relax_pipeline(target: Target) -> tvm.transform.Pass:
-    """Full replacement of TVM's CPU Relax pipeline with a schedule pass after FuseTIR."""
+def relax_pipeline(target: Target, on_planned=None) -> tvm.transform.Pass:
+    """Full replacement of TVM's CPU Relax pipeline with a schedule pass after FuseTIR
+    (``on_planned``: see ``lowering_passes``)."""
 
     @tvm.transform.module_pass(opt_level=0, name="SparsecCPUPipeline")
     def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
@@ -148,7 +162,7 @@ def relax_pipeline(target: Target) -> tvm.transform.Pass:
             steps = (
                 legalize_passes(target)
                 + [schedule_pass(target), fast_math_pass]
-                + lowering_passes(target)
+                + lowering_passes(target, on_planned)
             )
             return tvm.transform.Sequential(steps)(mod)
 

@@ -38,3 +38,23 @@ def test_fresh_outputs_survive_the_next_call():
     y2, _ = cm(-a)
     np.testing.assert_array_equal(y1, np.ones((2, 3)))  # not overwritten by the second call
     np.testing.assert_array_equal(y2, np.zeros((2, 3)))
+
+
+def test_only_kernel_outputs_are_fresh():
+    """A kernel's output is handed out as is; an input, a weight, or a second name for an
+    output (Identity, Reshape: views in the VM) is copied, so the two results stay apart."""
+    c = np.arange(6, dtype=np.float32).reshape(2, 3)
+    cases = {
+        "kernel and its view": ([helper.make_node("Relu", ["x"], ["y"]),
+                                 helper.make_node("Identity", ["y"], ["z"])], [True, False]),
+        "input and weight": ([helper.make_node("Identity", ["x"], ["y"]),
+                              helper.make_node("Identity", ["c"], ["z"])], [False, False]),
+        "two kernels": ([helper.make_node("Relu", ["x"], ["y"]),
+                         helper.make_node("Neg", ["x"], ["z"])], [True, True]),
+    }
+    for name, (nodes, fresh) in cases.items():
+        cm = sparsec.compile(_model(nodes, [numpy_helper.from_array(c, "c")]))
+        assert [o["fresh"] for o in cm.outputs] == fresh, name
+        y, z = cm(np.ones((2, 3), np.float32))
+        y[...] = 7
+        assert not np.any(z == 7), name  # writing one result leaves the other alone
