@@ -31,7 +31,7 @@ from .base import SparsecPass
 from .choose_layouts import ChooseLayoutsPass
 from .cleanup import CleanupPass, FinalCleanupPass, NameNodesPass, ShapesPass
 from .fold_batchnorm import FoldBatchNormPass
-from .fold_transpose import FoldTransposePass
+from .fold_transpose import FoldTransposePass, TransposedMatVecPass
 from .fuse_depthwise import FuseDepthwisePass
 from .lower_sparse_ops import LowerSparseOpsPass
 from .mark_epilogues import MarkEpiloguesPass
@@ -75,6 +75,9 @@ def lowering_steps(plan: Plan, options: CompileOptions) -> list[Step]:
         # A depthwise conv (+ activation) after a sparse 1x1 conv joins that conv's node.
         ("fuse_depthwise", FuseDepthwisePass(
             plan, enabled=options.fuse_epilogues and options.fuse_depthwise)),
+        # MatMul(one row, Transpose(b)) -> b times a column: b is read in place (decode
+        # attention's q . k^T).
+        ("transposed_matvec", TransposedMatVecPass()),
         # Original weights and dead nodes removed; unused opsets dropped; sorted.
         ("final_cleanup", FinalCleanupPass()),
     ]

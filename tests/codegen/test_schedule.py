@@ -89,6 +89,10 @@ CASES = {
     "batch_matmul": _model([node("MatMul", ["a", "b"], ["y"])],
                            [("a", [1, 4, 64, 32]), ("b", [1, 4, 32, 64])],
                            [("y", [1, 4, 64, 64])]),
+    # Decode attention's probabilities x values: one row per head (the row loop is gone).
+    "batch_matmul_one_row": _model([node("MatMul", ["a", "b"], ["y"])],
+                                   [("a", [1, 4, 1, 33]), ("b", [1, 4, 33, 64])],
+                                   [("y", [1, 4, 1, 64])]),
     "matmul_const_weight_bias": _model(
         [node("MatMul", ["x", "w"], ["m"]), node("Add", ["m", "b"], ["y"])],
         [("x", [24, 96])], [("y", [24, 80])],
@@ -203,6 +207,7 @@ def test_heavy_ops_get_parallel_and_vector_loops():
 
 RULE_FOR = [  # (case, rule that must take its main PrimFunc, PrimFunc name substring)
     ("batch_matmul", Matmul, "matmul"),
+    ("batch_matmul_one_row", Matmul, "matmul"),
     ("matmul_const_weight_bias", Matmul, "matmul"),
     ("softmax", Reduction, "softmax"),
     ("layernorm", Reduction, "layer_norm"),

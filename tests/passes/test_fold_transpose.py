@@ -1,12 +1,13 @@
-"""Transpose(W) -> W' for constant W, so MatMul(x, Transpose(W)) gets planned."""
+"""Transpose(W) -> W' for constant W, so MatMul(x, Transpose(W)) gets planned; a single row
+times a transposed activation reads the activation in place."""
 
 from __future__ import annotations
 
 import numpy as np
 from onnx import helper
 
-from sparsec.passes.cleanup import CleanupPass
-from sparsec.passes.fold_transpose import FoldTransposePass
+from sparsec.passes.cleanup import CleanupPass, ShapesPass
+from sparsec.passes.fold_transpose import FoldTransposePass, TransposedMatVecPass
 from sparsec.passes.invariants import verify
 from sparsec.passes.weights import weight_ops
 
@@ -57,3 +58,38 @@ def test_shared_constant_and_default_perm_and_constant_node(tools):
     after = tools.ort(m, feeds)
     for k in before:
         tools.assert_close(after[k], before[k])
+
+
+def _attention_scores(tools, q_shape, k_shape, perm=None):
+    """``MatMul(q, Transpose(k))`` followed by a Div, as exported attention writes it."""
+    perm = perm or [0, 1, 3, 2]
+    nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=perm, name="t"),
+             helper.make_node("MatMul", ["q", "kt"], ["s"], name="qk"),
+             helper.make_node("Div", ["s", "scale"], ["y"], name="div")]
+    m = tools.model(nodes, {"q": q_shape, "k": k_shape}, ["y"],
+                    {"scale": np.array(8.0, np.float32)})
+    ShapesPass()(m)
+    feeds = {"q": rng.standard_normal(q_shape).astype(np.float32),
+             "k": rng.standard_normal(k_shape).astype(np.float32)}
+    return m, feeds
+
+
+def test_single_row_times_transposed_activation_reads_it_in_place(tools):
+    m, feeds = _attention_scores(tools, (1, 3, 1, 8), (1, 3, 5, 8))  # decode: one query
+    before = tools.ort(m, feeds)["y"]
+    p = TransposedMatVecPass()
+    assert p(m).modified and p.counts["rewritten"] == 1
+    verify(m)
+    assert "Transpose" not in tools.op_types(m)
+    (mm,) = [n for n in m.graph if n.op_type == "MatMul"]
+    assert mm.inputs[0].name == "k"  # k itself, times q as a column
+    tools.assert_close(tools.ort(m, feeds)["y"], before)
+
+
+def test_transposed_matvec_leaves_other_matmuls_alone(tools):
+    for q, k, perm in [((1, 3, 2, 8), (1, 3, 5, 8), None),  # two query rows
+                       ((1, 3, 1, 8), (3, 1, 8, 5), [1, 0, 2, 3])]:  # not a swap of the last two
+        m, _ = _attention_scores(tools, q, k, perm)
+        p = TransposedMatVecPass()
+        assert not p(m).modified, (q, k, perm)
+        assert "Transpose" in tools.op_types(m)
