@@ -60,7 +60,7 @@ def build(spec, in_shape, arrays, target, knobs=None):
                            longest=per_row)
         else:
             emit_nnz_path(f, lanes, ntasks, task_rows, entries, term,
-                          hardware_gather(target, lanes))
+                          hardware_gather(target, lanes), knobs)
     return f.func
 
 
