@@ -26,6 +26,7 @@ from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.s_tir.stmt import SBlock
 from tvm.target import Target
 
+from .relax_views import duplicate_shared_views_pass
 from .schedule_conv import SpatialReduction
 from .schedule_fallback import Fallback
 from .schedule_fastmath import fast_math_pass
@@ -106,6 +107,7 @@ def schedule_pass(target: Target) -> tvm.transform.Pass:
 def legalize_passes(target: Target) -> list[tvm.transform.Pass]:
     """Library dispatch, legalization and fusion: the PrimFuncs the schedule pass sees."""
     return [
+        duplicate_shared_views_pass,  # a shared slice fuses into each of its consumers
         relax.backend.DispatchSampling(),
         relax.backend.DispatchSortScan(),
         relax.transform.LegalizeOps(),

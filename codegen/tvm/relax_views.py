@@ -1,0 +1,133 @@
+"""Give every consumer of a shared slice its own copy, so that the slice fuses into it.
+
+TVM's ONNX importer turns a ``Split`` into one ``strided_slice`` per output, and exporters
+write ``tensor.unbind(0)`` as Split + Squeeze. A KV cache is read that way: GPT-2's
+``past`` [layers, 2, ...] is split per layer, and each layer's slice is split again into
+keys and values. The layer's slice then has two consumers, and ``FuseOps`` fuses a
+producer only into a single consumer, so TVM copied each layer's 0.8 MB slice out of
+``past`` before the concatenations read it back.
+
+``DuplicateSharedViews`` runs before legalization. A binding whose value is an
+index-only op (``VIEW_OPS``: slices, squeezes, reshapes) and whose every user is such an
+op or a concatenation is emitted once per user instead, as a copy of the op on the same
+arguments; the chain above it is copied the same way. Each copy then has one consumer and
+``FuseOps`` folds it into that consumer's loop: the concatenation reads ``past`` in place.
+The copies cost nothing at run time: they are index arithmetic in the fused loop.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+
+VIEW_OPS = {"relax.strided_slice", "relax.squeeze", "relax.reshape", "relax.expand_dims"}
+CONSUMER_OPS = VIEW_OPS | {"relax.concat"}
+
+
+def _op_name(value) -> str | None:
+    if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
+        return str(value.op.name)
+    return None
+
+
+def _uses(expr, var_set) -> list:
+    """The variables of ``var_set`` that ``expr`` reads (with repeats)."""
+    found = []
+    relax.analysis.post_order_visit(
+        expr, lambda e: found.append(e) if isinstance(e, relax.Var) and e in var_set else None)
+    return found
+
+
+def duplicate_shared_views(func: relax.Function) -> tuple[relax.Function, int]:
+    """``func`` with shared views copied per consumer (module docstring); (func, copies)."""
+    body = func.body
+    if not isinstance(body, relax.SeqExpr):
+        return func, 0
+    value_of, block_of = {}, {}
+    for i, block in enumerate(body.blocks):
+        for b in block.bindings:
+            if isinstance(b, relax.VarBinding):
+                value_of[b.var], block_of[b.var] = b.value, i
+    users: dict = {v: [] for v in value_of}
+    outside = set(_uses(body.body, users))  # read by the function's result
+    for i, block in enumerate(body.blocks):
+        for b in block.bindings:
+            if isinstance(b, relax.VarBinding):
+                for v in _uses(b.value, users):
+                    users[v].append(_op_name(b.value))
+                    if block_of[v] != i:
+                        outside.add(v)  # copies are emitted in the consumer's block
+
+    def shared(var) -> bool:
+        return (_op_name(value_of.get(var)) in VIEW_OPS and var not in outside
+                and len(users[var]) > 1 and all(u in CONSUMER_OPS for u in users[var]))
+
+    # A view is copied when it is shared, or when it feeds a view that is copied.
+    copied = {v for v in value_of if shared(v)}
+    grew = True
+    while grew:
+        grew = False
+        for var in list(copied):
+            for arg in _uses(value_of[var], users):
+                if (arg not in copied and _op_name(value_of.get(arg)) in VIEW_OPS
+                        and arg not in outside
+                        and all(u in CONSUMER_OPS for u in users[arg])):
+                    copied.add(arg)
+                    grew = True
+    if not copied:
+        return func, 0
+
+    count = 0
+    new_blocks = []
+    normalize = relax.BlockBuilder().normalize
+    for block in body.blocks:
+        out = []
+
+        def subst(expr):
+            """``expr`` with every copied view it reads replaced by a fresh copy."""
+            if isinstance(expr, relax.Var) and expr in copied:
+                return fresh(expr)
+            if isinstance(expr, relax.Tuple):
+                return relax.Tuple([subst(f) for f in expr.fields])
+            return expr
+
+        def fresh(var):
+            """A new binding computing ``var`` (a copied view) for one consumer."""
+            nonlocal count
+            call = value_of[var]
+            value = normalize(relax.Call(call.op, [subst(a) for a in call.args], call.attrs,
+                                         call.ty_args))
+            kind = relax.DataflowVar if isinstance(var, relax.DataflowVar) else relax.Var
+            new = kind(f"{var.name}_v{count}", var.ty)
+            count += 1
+            out.append(relax.VarBinding(new, value))
+            return new
+
+        for b in block.bindings:
+            if isinstance(b, relax.VarBinding) and b.var in copied:
+                continue  # emitted where each consumer needs it
+            if isinstance(b, relax.VarBinding) and _uses(b.value, copied):
+                value = b.value
+                if isinstance(value, relax.Call):
+                    value = relax.Call(value.op, [subst(a) for a in value.args], value.attrs,
+                                       value.ty_args)
+                else:
+                    value = subst(value)
+                b = relax.VarBinding(b.var, normalize(value))
+            out.append(b)
+        cls = relax.DataflowBlock if isinstance(block, relax.DataflowBlock) else relax.BindingBlock
+        new_blocks.append(cls(out))
+    new_body = relax.SeqExpr(new_blocks, body.body)
+    return relax.Function(func.params, new_body, func.ret_ty, func.is_pure,
+                          func.attrs), count
+
+
+@tvm.transform.module_pass(opt_level=0, name="SparsecDuplicateSharedViews")
+def duplicate_shared_views_pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    changed = False
+    for gv, func in list(mod.functions_items()):
+        if isinstance(func, relax.Function):
+            new, copies = duplicate_shared_views(func)
+            if copies:
+                mod[gv], changed = new, True
+    return relax.transform.Normalize()(mod) if changed else mod
