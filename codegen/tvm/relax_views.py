@@ -124,10 +124,15 @@ def duplicate_shared_views(func: relax.Function) -> tuple[relax.Function, int]:
 
 @tvm.transform.module_pass(opt_level=0, name="SparsecDuplicateSharedViews")
 def duplicate_shared_views_pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-    changed = False
-    for gv, func in list(mod.functions_items()):
+    updates = {}
+    for gv, func in mod.functions_items():
         if isinstance(func, relax.Function):
             new, copies = duplicate_shared_views(func)
             if copies:
-                mod[gv], changed = new, True
-    return relax.transform.Normalize()(mod) if changed else mod
+                updates[gv] = new
+    if not updates:
+        return mod
+    mod = mod.clone()  # the input module stays as it was
+    for gv, func in updates.items():
+        mod[gv] = func
+    return relax.transform.Normalize()(mod)

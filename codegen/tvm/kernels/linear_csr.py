@@ -17,15 +17,17 @@
   ms; 3072x768: 1.82 against 1.07; 4096x4096 at 5%: 6.6 against 4.4): the per-(row,
   panel) setup and partial sums cost more than the L2 loads they save.
 - nonzero path, R == 1 (GEMV): per output row, the nonzeros in chunks of one vector:
-  ``acc[r, :] += values[j:j+V] * X[r, indices[j:j+V]]`` (a gather), a scalar tail, then a
-  horizontal sum and the epilogue.
+  ``acc[r, :] += values[j:j+V] * X[r, indices[j:j+V]]`` (a gather: AVX-512's vgatherdps,
+  else lane by lane from scalar loads of the columns), a scalar tail, then a horizontal sum
+  and the epilogue.
 
 Both walks are written once, over callbacks ``entries(o) -> (start, count)`` and
 ``term(o, j) -> (value, column)``, so ``linear_nm`` reuses them with its own addressing.
 
 Knobs (all optional): ``path`` "rows" | "nnz" (nnz only up to 16 rows), ``block_vectors``
 (vectors per row block, 2), ``unroll`` (accumulator sets, 2), ``transpose_store`` (False:
-scalar stores), ``threads``, ``lanes``.
+scalar stores), ``gather`` ("lanes" | "vector": X gathered from scalar or from vector
+column loads without AVX-512), ``threads``, ``lanes``.
 """
 
 from __future__ import annotations
