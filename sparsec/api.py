@@ -136,8 +136,7 @@ def _manifest(captured, plan: Plan, built, opts: CompileOptions, host, lib_name:
         "host": {"mcpu": host.mcpu, "features": host.features, "vector_lanes": host.vector_lanes},
         "inputs": spec([v.name for v in graph.inputs], in_shapes),
         "outputs": [dict(o, fresh=f) for o, f in zip(
-            spec([v.name for v in graph.outputs], out_shapes),
-            getattr(built, "fresh_outputs", None) or [False] * len(out_shapes))],
+            spec([v.name for v in graph.outputs], out_shapes), built.fresh_outputs)],
         "params": list(built.params),
         "library": lib_name,
         "weights": "weights.safetensors",

@@ -64,18 +64,18 @@ def fresh_outputs(main: relax.Function) -> list[bool]:
             if isinstance(b, relax.VarBinding):
                 bound[b.var] = b.value
 
-    def resolve(expr):
-        while isinstance(expr, relax.Var) and expr in bound:
+    def root(expr):
+        """The last variable of a chain of ``v = w`` bindings that starts at ``expr``."""
+        while isinstance(bound.get(expr), relax.Var):
             expr = bound[expr]
         return expr
 
-    result = resolve(body.body)
-    outs = list(result.fields) if isinstance(result, relax.Tuple) else [body.body]
+    top = root(body.body)
+    result = bound.get(top, top)
+    outs = list(result.fields) if isinstance(result, relax.Tuple) else [top]
     fresh, seen = [], set()
     for out in outs:
-        var = out
-        while isinstance(bound.get(var), relax.Var):
-            var = bound[var]
+        var = root(out)
         value = bound.get(var)
         ok = isinstance(value, relax.Call) and value.op.same_as(alloc) and var not in seen
         seen.add(var)

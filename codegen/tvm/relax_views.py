@@ -58,22 +58,19 @@ def duplicate_shared_views(func: relax.Function) -> tuple[relax.Function, int]:
                     if block_of[v] != i:
                         outside.add(v)  # copies are emitted in the consumer's block
 
-    def shared(var) -> bool:
+    def copyable(var) -> bool:
+        """A view whose every user, all in its own block, is a view or a concatenation."""
         return (_op_name(value_of.get(var)) in VIEW_OPS and var not in outside
-                and len(users[var]) > 1 and all(u in CONSUMER_OPS for u in users[var]))
+                and all(u in CONSUMER_OPS for u in users[var]))
 
     # A view is copied when it is shared, or when it feeds a view that is copied.
-    copied = {v for v in value_of if shared(v)}
-    grew = True
-    while grew:
-        grew = False
-        for var in list(copied):
-            for arg in _uses(value_of[var], users):
-                if (arg not in copied and _op_name(value_of.get(arg)) in VIEW_OPS
-                        and arg not in outside
-                        and all(u in CONSUMER_OPS for u in users[arg])):
-                    copied.add(arg)
-                    grew = True
+    copied = {v for v in value_of if copyable(v) and len(users[v]) > 1}
+    todo = list(copied)
+    while todo:
+        for arg in _uses(value_of[todo.pop()], users):
+            if arg not in copied and copyable(arg):
+                copied.add(arg)
+                todo.append(arg)
     if not copied:
         return func, 0
 
@@ -91,12 +88,15 @@ def duplicate_shared_views(func: relax.Function) -> tuple[relax.Function, int]:
                 return relax.Tuple([subst(f) for f in expr.fields])
             return expr
 
+        def recall(call):
+            """``call`` on its arguments with the copied views replaced (``subst``)."""
+            return normalize(relax.Call(call.op, [subst(a) for a in call.args], call.attrs,
+                                        call.ty_args))
+
         def fresh(var):
             """A new binding computing ``var`` (a copied view) for one consumer."""
             nonlocal count
-            call = value_of[var]
-            value = normalize(relax.Call(call.op, [subst(a) for a in call.args], call.attrs,
-                                         call.ty_args))
+            value = recall(value_of[var])
             kind = relax.DataflowVar if isinstance(var, relax.DataflowVar) else relax.Var
             new = kind(f"{var.name}_v{count}", var.ty)
             count += 1
@@ -107,13 +107,8 @@ def duplicate_shared_views(func: relax.Function) -> tuple[relax.Function, int]:
             if isinstance(b, relax.VarBinding) and b.var in copied:
                 continue  # emitted where each consumer needs it
             if isinstance(b, relax.VarBinding) and _uses(b.value, copied):
-                value = b.value
-                if isinstance(value, relax.Call):
-                    value = relax.Call(value.op, [subst(a) for a in value.args], value.attrs,
-                                       value.ty_args)
-                else:
-                    value = subst(value)
-                b = relax.VarBinding(b.var, normalize(value))
+                # a user of a copied view is a view or a concatenation (``copyable``): a call
+                b = relax.VarBinding(b.var, recall(b.value))
             out.append(b)
         cls = relax.DataflowBlock if isinstance(block, relax.DataflowBlock) else relax.BindingBlock
         new_blocks.append(cls(out))
