@@ -23,8 +23,13 @@ whole wide rows (``Wq`` columns, the ones past ``OW`` computed and dropped) is o
 run per tap. The stride-2 scatter deinterleaves pairs of vectors with two shuffles.
 
 Knobs: ``vector_lanes``, ``threads`` (as ``conv``), ``tile_lanes`` (pixels per tile, both
-loops), ``tasks_per_core`` (channel blocks are split into this many tasks per core). On
+loops), ``expand_lanes`` (pixels per expand tile only; overrides ``tile_lanes`` there),
+``tasks_per_core`` (channel blocks are split into this many tasks per core). On
 MobileNetV2-224 at 90%, tile_lanes 32/64/128 and tasks_per_core 2/4/8 measured within noise.
+At 0% (dense expand, AVX2, Zen 3, kernels A/B in one process) the expand tile matters and
+no single width wins: ``expand_lanes`` 8 against the default 16 is 1.18-1.25x at 14x14
+(64->384, 96->576), 0.97-1.08x at 28x28 and 0.5x at 7x7 (160->960), where 32 is 1.0-1.2x.
+A tuner should search it.
 """
 
 from __future__ import annotations
@@ -141,6 +146,7 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
     # the expand tile's rows x lanes accumulators stay within the register file
     e_budget = budget if not dense else int(knobs.get(
         "tile_lanes", max(1, _pow2_floor(acc_vectors(vl) // rows)) * vl))
+    e_budget = int(knobs.get("expand_lanes", e_budget))
     if g.s == 2:
         budget -= budget % 2
         e_budget -= e_budget % 2

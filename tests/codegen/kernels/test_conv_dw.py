@@ -88,12 +88,24 @@ CASES = [  # x shape, E, stride, pads, kernel, knobs
     ((1, 8, 20, 30), 16, 1, (1, 1, 1, 1), (3, 3), {"tile_lanes": 7, "threads": 3}),
     ((1, 4, 1, 2), 3, 2, (1, 1, 1, 1), (3, 3), {}),  # tiny
 ]
+DENSE_CASES = [  # the dense expand's own tile width: row segments, and rows with a tail
+    ((1, 8, 14, 14), 20, 1, {"expand_lanes": 8}),
+    ((1, 8, 7, 7), 20, 1, {"expand_lanes": 32}),
+    ((1, 8, 20, 30), 12, 2, {"expand_lanes": 8}),
+]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-E{c[1]}-s{c[2]}-{c[3]}-{c[4]}")
 def test_matches_torch(case):
     shape, e, stride, pads, kernel, knobs = case
     out, ref = _run(shape, e, stride, pads, kernel, knobs=knobs)
+    np.testing.assert_allclose(out, ref, **TOL)
+
+
+@pytest.mark.parametrize("case", DENSE_CASES, ids=lambda c: f"{c[0]}-E{c[1]}-s{c[2]}-{c[3]}")
+def test_dense_expand_tiles(case):
+    shape, e, stride, knobs = case
+    out, ref = _run(shape, e, stride, layout="dense", density=1.0, knobs=knobs)
     np.testing.assert_allclose(out, ref, **TOL)
 
 
