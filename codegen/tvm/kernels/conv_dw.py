@@ -24,12 +24,23 @@ run per tap. The stride-2 scatter deinterleaves pairs of vectors with two shuffl
 
 Knobs: ``vector_lanes``, ``threads`` (as ``conv``), ``tile_lanes`` (pixels per tile, both
 loops), ``expand_lanes`` (pixels per expand tile only; overrides ``tile_lanes`` there),
+``pad_rows`` (copy each image's X with its rows padded to whole vectors; default: when the
+expand tiles of the rows as they are would not keep their accumulators in registers),
 ``tasks_per_core`` (channel blocks are split into this many tasks per core). On
 MobileNetV2-224 at 90%, tile_lanes 32/64/128 and tasks_per_core 2/4/8 measured within noise.
 At 0% (dense expand, AVX2, Zen 3, kernels A/B in one process) the expand tile matters and
 no single width wins: ``expand_lanes`` 8 against the default 16 is 1.18-1.25x at 14x14
 (64->384, 96->576), 0.97-1.08x at 28x28 and 0.5x at 7x7 (160->960), where 32 is 1.0-1.2x.
 A tuner should search it.
+
+Padded rows: a dense expand tile is 6 channels times a run of pixels. A 7x7 or 14x14 image
+has rows of 7 or 14, runs of 14 that ``vloop`` cuts into vectors of 8, 4 and 2: 18
+accumulators, which AVX2's 16 registers cannot hold. With each image's X copied into rows of
+8 or 16 (``_pad_rows``, about 1% of the kernel's time), a tile is whole vectors, and the
+padding lanes are computed and dropped. Measured on AVX2 (Zen 3), kernels A/B in one
+process: 160->960 at 7x7 1.70-1.86x, 64->384 and 96->576 at 14x14 1.6-1.8x; 28x28 and
+larger are not padded (0.9x when forced at 28x28). MobileNetV2-224 at 0% went from
+0.76-0.90x onnxruntime to 1.07x.
 """
 
 from __future__ import annotations
@@ -123,6 +134,30 @@ def _row_tiles(mode, body) -> None:
         body(count * r, tail)
 
 
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+def _tile_registers(h: int, w: int, budget: int, vl: int) -> int:
+    """Vector registers of one channel's accumulators in the widest expand tile of an h x w
+    image (``_tiles``), each run cut in power-of-two pieces as ``vloop`` emits it."""
+    mode = _tiles(h, w, budget)
+    widths = [mode[1] * w] if mode[0] == "rows" else [width for _, width in mode[1]]
+    return max(sum(-(-m // vl) for _, m in pow2_pieces(width)) for width in widths)
+
+
+def _pad_rows(xf, xp, g: DwGeometry, n, wp: int, vl: int) -> None:
+    """xp[c, u, :] = X[n, c, u, :] followed by zeros up to ``wp`` (parallel over channels)."""
+    p = g.h * g.w
+    with T.parallel(g.c) as c:
+        with T.serial(g.h) as u:
+            src = T.Bind(n * (g.c * p) + c * p + u * g.w)
+            dst = T.Bind((c * g.h + u) * wp)
+            vloop(g.w, lambda l: T.buffer_store(xp, xf[src + l], [dst + l]), chunk=vl)
+            vloop(wp - g.w, lambda l: T.buffer_store(xp, tirx.const(0.0, F32),
+                                                     [dst + g.w + l]))
+
+
 def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
           knobs=None) -> tirx.PrimFunc:
     """PrimFunc ``(x, <arrays>, [bias], dw_weight, [dw_bias], [pj_bias], [pj_residual], y)``
@@ -150,6 +185,11 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
     if g.s == 2:
         budget -= budget % 2
         e_budget -= e_budget % 2
+    # rows of X padded to whole vectors (see ``_Fused.expand``) when the expand tiles of
+    # the rows as they are would not keep their accumulators in registers
+    spills = rows * _tile_registers(g.h, g.w, e_budget, vl) > acc_vectors(vl)
+    pad = bool(knobs.get("pad_rows", spills)) and g.w % vl != 0
+    wp = _round_up(g.w, vl) if pad else g.w
     cores = _cores(target, knobs)
     blocks = -(-g.e // rows)
     pj = spec.project
@@ -184,9 +224,12 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
             xf = T.decl_buffer((g.n * g.c * p,), F32, data=x.data)
             yf = T.decl_buffer((g.n * o_out * px,), F32, data=y.data)
             part = T.decl_buffer((tasks * o_out * px,), F32) if pj else None
-            k = _Fused(spec, g, vl, budget, e_budget, rows, bufs, xf, yf, bias, dbias,
-                       dw_steps)
+            xp = T.decl_buffer((g.c * g.h * wp,), F32) if pad else None
+            k = _Fused(spec, g, vl, budget, e_budget, rows, bufs, xf if xp is None else xp,
+                       yf, bias, dbias, dw_steps, wp)
             with T.serial(g.n) as n:
+                if xp is not None:
+                    _pad_rows(xf, xp, g, n, wp, vl)
                 with T.parallel(tasks) as t:
                     z = T.decl_buffer((rows * g.z_size,), F32)
                     vloop(rows * g.z_size,
@@ -234,29 +277,42 @@ class _Fused:
     bias: object
     dbias: object
     dw_steps: list
+    wp: int  # row length of ``xf``: W, or W padded to whole vectors (``_pad_rows``)
 
     # ------------------------------------------------------------ expand: X -> Z interior
 
     def expand(self, z, n, blk) -> None:
-        """E of the block's channels into their Z buffers (``z`` + channel * z_size)."""
-        g = self.g
-        mode = _tiles(g.h, g.w, self.e_budget)
+        """E of the block's channels into their Z buffers (``z`` + channel * z_size).
+
+        Tiles are whole rows of X when they fit the budget, else segments of a row. With
+        ``wp > W`` (padded rows) every tile is whole vectors, the lanes past W computed and
+        dropped. Unpadded, a row of 14 is a vector of 8, one of 4 and one of 2, and 6
+        channels of those take 18 accumulators: more than AVX2's 16 registers."""
+        g, wp = self.g, self.wp
+        mode = _tiles(g.h, wp, self.e_budget)
         if mode[0] == "rows":
             _row_tiles(mode, lambda u0, r: self._expand_tile(z, n, blk, u0, r, 0, g.w))
         else:
             with T.serial(g.h) as u:
                 for c0, width in mode[1]:
-                    self._expand_tile(z, n, blk, u, 1, c0, width)
+                    if c0 < g.w:  # a segment only of padding has nothing to compute
+                        self._expand_tile(z, n, blk, u, 1, c0, min(width, g.w - c0), width)
 
-    def _expand_tile(self, z, n, blk, u0, rows: int, v0: int, cols: int) -> None:
-        """E[block's channels, u0:u0+rows, v0:v0+cols] (a contiguous run of X's pixels)."""
+    def _expand_tile(self, z, n, blk, u0, rows: int, v0: int, cols: int,
+                     seg: int | None = None) -> None:
+        """E[block's channels, u0:u0+rows, v0:v0+cols] (a contiguous run of ``xf``'s pixels,
+        each row ``seg`` wide (default: the whole padded row, or ``cols`` unpadded) of
+        which the first ``cols`` are stored)."""
         g, nr = self.g, self.rows
-        width = rows * cols
-        p = g.h * g.w
+        padded = self.wp != g.w
+        colsp = seg if seg is not None else (self.wp if padded else cols)
+        width = rows * colsp
+        p = g.h * self.wp
         acc = T.decl_buffer((nr * width,), F32, scope="local")
         stage = T.decl_buffer((width + 2 * self.vl,), F32, scope="local")
         vloop(nr * width, lambda l: T.buffer_store(acc, tirx.const(0.0, F32), [l]))
-        base = T.Bind(n * (g.c * p) + u0 * g.w + v0)
+        # the padded copy holds one image; X itself all of them
+        base = T.Bind((0 if padded else n * (g.c * p)) + u0 * self.wp + v0)
         xf = self.xf
         if "w" in self.bufs:  # dense [blocks, C, rows]: each X run feeds every row
             wp = self.bufs["w"]
@@ -284,7 +340,7 @@ class _Fused:
             for r in range(rows):
                 pu = T.Bind(u0 + r + g.pt)
                 row = T.Bind(rr * g.z_size + pu % g.s * (g.s * g.plane) + pu // g.s * g.wq)
-                self._scatter(z, row, stage, r * cols, v0, cols)
+                self._scatter(z, row, stage, r * colsp, v0, cols)
 
     def _scatter(self, z, row, stage, s0: int, v0: int, cols: int) -> None:
         """Z[plane row of ``row``] <- stage[s0 : s0 + cols], E's columns v0.. of one row."""

@@ -88,8 +88,13 @@ CASES = [  # x shape, E, stride, pads, kernel, knobs
     ((1, 8, 20, 30), 16, 1, (1, 1, 1, 1), (3, 3), {"tile_lanes": 7, "threads": 3}),
     ((1, 4, 1, 2), 3, 2, (1, 1, 1, 1), (3, 3), {}),  # tiny
 ]
-DENSE_CASES = [  # the dense expand's own tile width: row segments, and rows with a tail
-    ((1, 8, 14, 14), 20, 1, {"expand_lanes": 8}),
+DENSE_CASES = [  # x shape, E, stride, knobs: rows of X padded to whole vectors or not
+    ((1, 8, 14, 14), 20, 1, {}),  # padded (a row of 14 would take 18 accumulators)
+    ((2, 12, 7, 7), 20, 1, {}),  # padded, two images: the copy is per image
+    ((1, 8, 14, 14), 20, 2, {}),  # padded, stride 2
+    ((1, 8, 14, 14), 20, 1, {"pad_rows": False}),
+    ((1, 8, 28, 28), 12, 1, {"pad_rows": True}),  # padded row segments
+    ((1, 8, 14, 14), 20, 1, {"expand_lanes": 8}),  # row segments, not padded
     ((1, 8, 7, 7), 20, 1, {"expand_lanes": 32}),
     ((1, 8, 20, 30), 12, 2, {"expand_lanes": 8}),
 ]
@@ -106,6 +111,12 @@ def test_matches_torch(case):
 def test_dense_expand_tiles(case):
     shape, e, stride, knobs = case
     out, ref = _run(shape, e, stride, layout="dense", density=1.0, knobs=knobs)
+    np.testing.assert_allclose(out, ref, **TOL)
+
+
+def test_padded_rows_sparse():
+    """The csr expand reads the padded copy of X as well (knob ``pad_rows``)."""
+    out, ref = _run((2, 8, 14, 14), 20, 1, layout="csr", knobs={"pad_rows": True})
     np.testing.assert_allclose(out, ref, **TOL)
 
 
