@@ -17,7 +17,7 @@ kernel executes on what it stores, padding included)::
 ``idx`` is 2 bytes (int16 indices) when the column count fits, else 4. The two regimes are
 the kernels' two paths: one row (vectorized along the weight) and several rows (X
 transposed, vectorized over rows, which are padded to a multiple of the vector lanes:
-``prows``) and in blocks of 2 vectors of rows, each block streaming the weight once
+``prows``) and in blocks of 2 or 4 vectors of rows, each block streaming the weight once
 (``_weight_passes``: ``stored_bytes`` counts once per pass). At batch 1 most layers are bound
 by streaming the weight, which is where sparsity pays most. The rates and the bandwidth are
 calibrated per instruction set from ``benchmarks.kernels`` measurements
@@ -54,7 +54,7 @@ from sparsec.formats import check_fits
 from sparsec.layouts import Layout, parse_layout
 from sparsec.options import CompileOptions
 from sparsec.plan import Plan, PlanEntry
-from sparsec.targetspec import TargetSpec
+from sparsec.targetspec import TargetSpec, rows_block_vectors
 
 from .base import SparsecPass
 from .weights import WeightOp, is_pointwise, nodes_by_name, weight_op_for
@@ -116,17 +116,21 @@ def layout_time(layout: Layout, entry: PlanEntry, rows: int, target: TargetSpec,
         rate = c.nm_wide_gflops if wide else c.nm_batch_gflops if batch else c.nm_gflops
         stored = o * k * (n / m) * 5.0
     compute = flops / (rate * 1e9)
-    memory = stored * _weight_passes(layout, rows, lanes) / (c.bandwidth_gbs * 1e9)
+    memory = stored * _weight_passes(layout, rows, lanes, k) / (c.bandwidth_gbs * 1e9)
     return max(compute, memory) + c.overhead_s
 
 
-def _weight_passes(layout: Layout, rows: int, lanes: int) -> int:
+def _weight_passes(layout: Layout, rows: int, lanes: int, k: int) -> int:
     """How many times a kernel streams the stored weight: the rows path of csr/nm/bsr walks
-    it once per block of rows (2 vectors wide; 1 for bsr blocks too tall to keep 2 vectors
-    of every block row in the registers: 2r > registers - 4)."""
+    it once per block of rows (csr/nm: ``rows_block_vectors`` vectors wide, 4 for short
+    k; bsr: 2, or 1 for blocks too tall to keep 2 vectors of every block row in the
+    registers: 2r > registers - 4)."""
     if rows < 2 or layout.kind in ("dense", "chw-spmm"):
         return 1
-    vectors = _bsr_vectors(layout.params[0], lanes) if layout.kind == "bsr" else 2
+    if layout.kind == "bsr":
+        vectors = _bsr_vectors(layout.params[0], lanes)
+    else:
+        vectors = rows_block_vectors(k, lanes)
     return -(-rows // (vectors * lanes))
 
 

@@ -5,8 +5,9 @@
 
 ``build`` picks one of two schedules by the number of rows R (static):
 
-- rows path, R >= 2: X is transposed once into row blocks of 2 vectors (``XT``,
-  scratch, [k, block] per block). For every output row and row block the kernel walks the
+- rows path, R >= 2: X is transposed once into row blocks of 2 vectors, 4 when such a
+  block of k columns fits 128 KiB (``targetspec.rows_block_vectors``) (``XT``, scratch,
+  [k, block] per block). For every output row and row block the kernel walks the
   row's nonzeros: ``acc[:] += values[j] * XT[indices[j], :]`` (vectorized over the rows of the
   block, two accumulator sets to hide FMA latency), then the epilogue, vectorized. Y is
   row-major, so one output row's results go to a column of Y: they wait in a stage of
@@ -25,7 +26,8 @@ Both walks are written once, over callbacks ``entries(o) -> (start, count)`` and
 ``term(o, j) -> (value, column)``, so ``linear_nm`` reuses them with its own addressing.
 
 Knobs (all optional): ``path`` "rows" | "nnz" (nnz only up to 16 rows), ``block_vectors``
-(vectors per row block, 2), ``unroll`` (accumulator sets, 2), ``transpose_store`` (False:
+(vectors per row block, 2 or 4 by ``rows_block_vectors``; 3 is 4x slower), ``unroll``
+(accumulator sets, 2), ``transpose_store`` (False:
 scalar stores), ``gather`` ("lanes" | "vector": X gathered from scalar or from vector
 column loads without AVX-512), ``threads``, ``lanes``.
 """
@@ -58,6 +60,7 @@ from sparsec.codegen.tvm.kernels.linear_common import (
     transpose_x,
     vector_lanes,
 )
+from sparsec.targetspec import rows_block_vectors
 
 
 def use_rows_path(rows: int, lanes: int, knobs: dict) -> bool:
@@ -76,7 +79,8 @@ def emit_rows_path(f: LinearFunc, lanes: int, ntasks: int, task_rows, entries, t
 
     ``longest``: entries of the longest row; rows that long are summed in chunks
     (``sum_in_chunks``)."""
-    blocks = row_blocks(f.rows, lanes, int(knobs.get("block_vectors", 2)))
+    blocks = row_blocks(f.rows, lanes,
+                        int(knobs.get("block_vectors", rows_block_vectors(f.k, lanes))))
     xt = transpose_x(f, blocks)
     unroll = int(knobs.get("unroll", 2))
     k = f.k

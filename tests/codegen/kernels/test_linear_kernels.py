@@ -27,6 +27,7 @@ from sparsec.formats import pack, unpack  # noqa: E402
 from sparsec.layouts import parse_layout  # noqa: E402
 from sparsec.ops import SparseOpSpec, apply_epilogue  # noqa: E402
 from sparsec.plan import EpilogueStep  # noqa: E402
+from sparsec.targetspec import rows_block_vectors  # noqa: E402
 
 TOL = {"rtol": 1e-4, "atol": 1e-4}
 
@@ -174,6 +175,22 @@ def test_bsr_large_blocks(layout, rows):
 ])
 def test_forced_paths(layout, path, rows):
     _check(layout, 40, 64, rows, 0.4, knobs={"path": path}, seed=3)
+
+
+@pytest.mark.parametrize("layout", ["csr", "nm2:4"])
+@pytest.mark.parametrize("vectors", [2, 4])
+@pytest.mark.parametrize("rows", [37, 64])
+def test_rows_path_block_widths(layout, vectors, rows):
+    """Row blocks of 2 or 4 vectors (the default picks by k: ``rows_block_vectors``); 37
+    rows leave a narrower last block."""
+    _check(layout, 40, 64, rows, 0.4, knobs={"block_vectors": vectors}, seed=rows)
+
+
+def test_rows_block_vectors_by_k():
+    assert rows_block_vectors(768, 8) == 4  # a 96 KiB block of X
+    assert rows_block_vectors(1024, 8) == 4
+    assert rows_block_vectors(3072, 8) == 2
+    assert rows_block_vectors(768, 16) == 2  # AVX-512: 64 rows of 768 are 192 KiB
 
 
 @pytest.mark.parametrize("layout", ["csr", "nm2:4"])
