@@ -27,6 +27,7 @@ from sparsec.formats import pack, unpack  # noqa: E402
 from sparsec.layouts import parse_layout  # noqa: E402
 from sparsec.ops import SparseOpSpec, apply_epilogue  # noqa: E402
 from sparsec.plan import EpilogueStep  # noqa: E402
+from sparsec.codegen.tvm.kernels.linear_dense import even_tiles  # noqa: E402
 from sparsec.targetspec import rows_block_vectors  # noqa: E402
 
 TOL = {"rtol": 1e-4, "atol": 1e-4}
@@ -332,6 +333,20 @@ def test_long_reductions_are_summed_in_chunks(layout, density, rows):
 def test_dense_with_and_without_packed_x(pack, rows):
     """X packed into row blocks (by default only for K >= 2048 and 8+ panels) or read in place."""
     _check("dense", 70, 300, rows, 1.0, knobs={"pack": pack}, seed=rows)
+
+
+@pytest.mark.parametrize("rows", [8, 10])
+def test_dense_even_row_tiles(rows):
+    """8 rows as 4 + 4 and 10 as 5 + 5 (``even_tiles``), with a residual to check the rows
+    each tile writes."""
+    assert even_tiles(rows, 6) == rows // 2
+    _check("dense", 70, 300, rows, 1.0, steps=EPILOGUES[-1], seed=rows)
+
+
+def test_even_tiles():
+    assert [even_tiles(r, 6) for r in (1, 3, 6, 7, 8, 9, 10, 12, 13, 128)] == [
+        1, 3, 6, 6, 4, 6, 5, 6, 6, 6]
+    assert even_tiles(16, 14) == 8  # AVX-512's 14-row tiles: 8 + 8
 
 
 @pytest.mark.parametrize("rows", [1, 5])
