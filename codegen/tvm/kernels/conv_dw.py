@@ -28,19 +28,20 @@ loops), ``expand_lanes`` (pixels per expand tile only; overrides ``tile_lanes`` 
 expand tiles of the rows as they are would not keep their accumulators in registers),
 ``tasks_per_core`` (channel blocks are split into this many tasks per core). On
 MobileNetV2-224 at 90%, tile_lanes 32/64/128 and tasks_per_core 2/4/8 measured within noise.
-At 0% (dense expand, AVX2, Zen 3, kernels A/B in one process) the expand tile matters and
-no single width wins: ``expand_lanes`` 8 against the default 16 is 1.18-1.25x at 14x14
-(64->384, 96->576), 0.97-1.08x at 28x28 and 0.5x at 7x7 (160->960), where 32 is 1.0-1.2x.
-A tuner should search it.
+At 0% (dense expand, AVX2, Zen 3, kernels A/B in one process, before rows were padded) the
+expand tile mattered and no single width won: ``expand_lanes`` 8 against the default 16
+was 1.18-1.25x at 14x14 (64->384, 96->576), 0.97-1.08x at 28x28 and 0.5x at 7x7
+(160->960), where 32 was 1.0-1.2x. With padded rows the default is faster than 8 at 14x14
+(1.3x). A tuner should search it.
 
 Padded rows: a dense expand tile is 6 channels times a run of pixels. A 7x7 or 14x14 image
 has rows of 7 or 14, runs of 14 that ``vloop`` cuts into vectors of 8, 4 and 2: 18
 accumulators, which AVX2's 16 registers cannot hold. With each image's X copied into rows of
-8 or 16 (``_pad_rows``, about 1% of the kernel's time), a tile is whole vectors, and the
-padding lanes are computed and dropped. Measured on AVX2 (Zen 3), kernels A/B in one
+8 or 16 (``_pad_rows``, once per image before the parallel loop), a tile is whole vectors,
+and the padding lanes are computed and dropped. Measured on AVX2 (Zen 3), kernels A/B in one
 process: 160->960 at 7x7 1.70-1.86x, 64->384 and 96->576 at 14x14 1.6-1.8x; 28x28 and
 larger are not padded (0.9x when forced at 28x28). MobileNetV2-224 at 0% went from
-0.76-0.90x onnxruntime to 1.07x.
+0.76-0.90x onnxruntime to 1.04-1.07x.
 """
 
 from __future__ import annotations
