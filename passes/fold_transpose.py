@@ -20,7 +20,7 @@ import numpy as np
 import onnx_ir as ir
 
 from .base import SparsecPass
-from .weights import _static_dims, const_array, graph_names, new_initializer, unique_name
+from .weights import const_array, graph_names, new_initializer, static_dims, unique_name
 
 
 def match_const_transpose(node: ir.Node) -> str | None:
@@ -73,7 +73,7 @@ def match_transposed_matvec(node: ir.Node) -> tuple[ir.Node, tuple[int, ...]] | 
     if tr is None or tr.op_type != "Transpose" or tr.domain not in ("", "ai.onnx"):
         return f"MatMul node {node.name}: B is not a Transpose"
     b = tr.inputs[0]
-    dims = [_static_dims(v) for v in (a, b)]
+    dims = [static_dims(v) for v in (a, b)]
     if dims[0] is None or dims[1] is None:
         return f"MatMul node {node.name}: shapes are not static"
     (sa, sb), rank = dims, len(dims[0])

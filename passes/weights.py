@@ -287,7 +287,7 @@ def weight_op_for(graph: ir.Graph, node_name: str,
 # --- conv attributes ------------------------------------------------------------------------
 
 
-def _static_dims(value: ir.Value | None) -> tuple[int, ...] | None:
+def static_dims(value: ir.Value | None) -> tuple[int, ...] | None:
     if value is None or value.shape is None or not value.shape.is_static():
         return None
     return tuple(int(d) for d in value.shape)
@@ -305,7 +305,7 @@ def conv_attrs(node: ir.Node) -> ConvAttrs:
     pads = tuple(node.attributes.get_ints("pads", (0, 0, 0, 0)))
     auto_pad = node.attributes.get_string("auto_pad", "NOTSET")
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        x = _static_dims(node.inputs[0])
+        x = static_dims(node.inputs[0])
         if x is None or len(x) != 4:
             raise ValueError(f"auto_pad={auto_pad} needs a static input shape")
         pads_list = [0, 0, 0, 0]

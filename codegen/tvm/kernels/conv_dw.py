@@ -56,7 +56,7 @@ from tvm.tirx.script import builder as T
 from sparsec.codegen.tvm.kernels import KernelDef
 from sparsec.codegen.tvm.kernels import epilogue as epi
 from sparsec.codegen.tvm.kernels.conv import _cores, _prepare_dense, _prepare_same, simd_lanes
-from sparsec.codegen.tvm.kernels.conv_geometry import F32, pow2_pieces, vloop
+from sparsec.codegen.tvm.kernels.conv_geometry import F32, _round_up, pow2_pieces, vloop
 from sparsec.codegen.tvm.kernels.conv_inner import _i32, _pow2_floor, acc_vectors, span
 from sparsec.errors import CompileError
 from sparsec.formats import Packed, index_dtype, unpack
@@ -133,10 +133,6 @@ def _row_tiles(mode, body) -> None:
             body(T.Bind(rb * r), r)
     if tail:
         body(count * r, tail)
-
-
-def _round_up(x: int, m: int) -> int:
-    return -(-x // m) * m
 
 
 def _tile_registers(h: int, w: int, budget: int, vl: int) -> int:
@@ -302,18 +298,17 @@ class _Fused:
     def _expand_tile(self, z, n, blk, u0, rows: int, v0: int, cols: int,
                      seg: int | None = None) -> None:
         """E[block's channels, u0:u0+rows, v0:v0+cols] (a contiguous run of ``xf``'s pixels,
-        each row ``seg`` wide (default: the whole padded row, or ``cols`` unpadded) of
-        which the first ``cols`` are stored)."""
+        each row ``seg`` wide (default: a whole row of ``xf``, ``wp``) of which the first
+        ``cols`` are stored)."""
         g, nr = self.g, self.rows
-        padded = self.wp != g.w
-        colsp = seg if seg is not None else (self.wp if padded else cols)
+        colsp = self.wp if seg is None else seg
         width = rows * colsp
         p = g.h * self.wp
         acc = T.decl_buffer((nr * width,), F32, scope="local")
         stage = T.decl_buffer((width + 2 * self.vl,), F32, scope="local")
         vloop(nr * width, lambda l: T.buffer_store(acc, tirx.const(0.0, F32), [l]))
         # the padded copy holds one image; X itself all of them
-        base = T.Bind((0 if padded else n * (g.c * p)) + u0 * self.wp + v0)
+        base = T.Bind((0 if self.wp != g.w else n * (g.c * p)) + u0 * self.wp + v0)
         xf = self.xf
         if "w" in self.bufs:  # dense [blocks, C, rows]: each X run feeds every row
             wp = self.bufs["w"]
