@@ -127,6 +127,9 @@ def _manifest(captured, plan: Plan, built, opts: CompileOptions, host, lib_name:
     graph = captured.model.graph
     in_shapes = [tuple(int(d) for d in v.shape) for v in graph.inputs]
     out_shapes = [tuple(int(d) for d in v.shape) for v in graph.outputs]
+    inputs = spec([v.name for v in graph.inputs], in_shapes)
+    if len(built.input_align) == len(inputs):  # bytes of alignment the library needs
+        inputs = [dict(i, align=a) for i, a in zip(inputs, built.input_align)]
     return {
         "sparsec_version": __version__,
         "tvm_version": tvm.__version__,
@@ -134,7 +137,7 @@ def _manifest(captured, plan: Plan, built, opts: CompileOptions, host, lib_name:
         "source": captured.kind,
         "target": opts.target,
         "host": {"mcpu": host.mcpu, "features": host.features, "vector_lanes": host.vector_lanes},
-        "inputs": spec([v.name for v in graph.inputs], in_shapes),
+        "inputs": inputs,
         "outputs": [dict(o, fresh=f) for o, f in zip(
             spec([v.name for v in graph.outputs], out_shapes), built.fresh_outputs)],
         "params": list(built.params),

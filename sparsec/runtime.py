@@ -39,6 +39,8 @@ class CompiledModel:
         self._runner.set_params(params)
         if hasattr(self._runner, "set_fresh_outputs"):
             self._runner.set_fresh_outputs([bool(o.get("fresh")) for o in manifest["outputs"]])
+        if hasattr(self._runner, "set_input_align"):  # absent in older artifacts: 64 bytes
+            self._runner.set_input_align([int(i.get("align", 64)) for i in manifest["inputs"]])
         self.plan = Plan.from_dict(manifest["plan"])
         # (name, shape, dtype) of every input, parsed once: small models run in tens of
         # microseconds, and re-reading the manifest took 2.5-5 of them a call (now 1.4-2.5)

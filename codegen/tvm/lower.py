@@ -8,7 +8,9 @@ Steps (``build``):
                  fused epilogue inside; float weights become function parameters so the
                  library holds code and ``weights.safetensors`` holds the numbers;
   3. compile   — ``tvm.compile`` with ``schedule.relax_pipeline``: every PrimFunc TVM
-                 lowers itself gets a CPU schedule, ours are already scheduled.
+                 lowers itself gets a CPU schedule, ours are already scheduled; then
+                 every buffer parameter is declared aligned to its element size only, so
+                 inputs need no 64-byte aligned copy (``unaligned``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from sparsec.ops import SparseOpSpec
 from sparsec.plan import ConvAttrs
 from sparsec.codegen.tvm.kernels import kernel_for
 from sparsec.codegen.tvm.support import check_supported
+from sparsec.codegen.tvm.unaligned import unaligned_params_pass
 
 # Float initializers at least this large become runtime parameters (weights.safetensors);
 # smaller ones (scalars, clip bounds) stay constants so TVM can fold them.
@@ -47,6 +50,8 @@ class Built:
     # Per output: the library returns a new buffer for it on every call, which the caller
     # may own without a copy (``fresh_outputs``).
     fresh_outputs: list[bool] = field(default_factory=list)
+    # Bytes of alignment the library needs of each input (``unaligned``): its element size.
+    input_align: list[int] = field(default_factory=list)
 
 
 def fresh_outputs(main: relax.Function) -> list[bool]:
@@ -309,10 +314,13 @@ def build(model: ir.Model, target, pipeline, extra_outputs: tuple[str, ...] = ()
     mod["main"] = func.without_attr("params")
     planned: list = []
     with tvm.transform.PassContext(opt_level=3):
-        ex = tvm.compile(mod, target=target, relax_pipeline=pipeline(target, planned.append))
+        steps = tvm.transform.Sequential([pipeline(target, planned.append), unaligned_params_pass])
+        ex = tvm.compile(mod, target=target, relax_pipeline=steps)
     inputs = [i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
     outputs = [o.name for o in proto.graph.output]
     fresh = fresh_outputs(planned[-1]) if planned else []
     if len(fresh) != len(outputs):
         fresh = [False] * len(outputs)
-    return Built(ex, inputs, outputs, ordered, fresh)
+    types = {i.name: i.type.tensor_type.elem_type for i in proto.graph.input}
+    align = [onnx.helper.tensor_dtype_to_np_dtype(types[n]).itemsize for n in inputs]
+    return Built(ex, inputs, outputs, ordered, fresh, align)

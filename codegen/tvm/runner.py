@@ -27,11 +27,12 @@ def _quiet_stderr():
         os.close(devnull)
 
 
-ALIGN = 64
+ALIGN = 64  # what TVM allocates, and what a library built before ``unaligned`` needs
 
 
-def _aligned(x: np.ndarray) -> np.ndarray:
-    if x.flags.c_contiguous and x.ctypes.data % ALIGN == 0:
+def _aligned(x: np.ndarray, align: int = ALIGN) -> np.ndarray:
+    """``x`` itself when C-contiguous and ``align``-byte aligned, else an aligned copy."""
+    if x.flags.c_contiguous and x.ctypes.data % align == 0:
         return x
     buf = np.empty(x.nbytes + ALIGN, np.uint8)
     off = (-buf.ctypes.data) % ALIGN
@@ -51,6 +52,7 @@ def configure_threads(num_threads: int | None) -> None:
 class VmRunner:
     def __init__(self, executable):
         import tvm
+        import tvm_ffi
         from tvm import relax
 
         with _quiet_stderr():
@@ -58,33 +60,43 @@ class VmRunner:
         # Looked up once: every lookup or import on the call path costs ~1 us, and small
         # models run in tens of microseconds.
         self._main = self._vm["main"]
-        self._from_dlpack = tvm.runtime.from_dlpack
+        self._from_dlpack = tvm_ffi.from_dlpack  # tvm.runtime's insists on 64 bytes
         self._tensor = tvm.runtime.tensor
         self._tensor_type = tvm.runtime.Tensor
         self._params: list = []
         self._fresh: list[bool] = []
+        self._align: list[int] = []
 
     def set_fresh_outputs(self, fresh: list[bool]) -> None:
         """Outputs the library allocates anew on every call (``lower.fresh_outputs``): they
         are handed out without a copy. The rest are copied."""
         self._fresh = list(fresh)
 
+    def set_input_align(self, align: list[int]) -> None:
+        """Bytes of alignment the library needs of each input (``unaligned``); inputs not
+        listed need 64."""
+        self._align = [int(a) for a in align]
+
     def set_params(self, arrays: list[np.ndarray]) -> None:
         """The weights, shared with TVM without a copy (DLPack) once 64-byte aligned: the
         model's weights live in memory once, not once in numpy and again in TVM."""
         self._held = [_aligned(np.asarray(a, order="C")) for a in arrays]
-        self._params = [self._from_dlpack(a) if a.size else self._tensor(a) for a in self._held]
+        self._params = [self._from_dlpack(a, require_alignment=ALIGN, require_contiguous=True)
+                        if a.size else self._tensor(a) for a in self._held]
 
     def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         # Zero-copy in and out through DLPack (tvm.runtime.tensor copies: ~25 us a call).
-        # TVM requires 64-byte aligned buffers, so a misaligned input is copied first.
+        # A library built by ``lower.build`` needs its inputs aligned to their element size
+        # only (``unaligned``); older ones need 64 bytes, and a misaligned input is copied.
         # An output is copied unless it is fresh: one may be a view of an input, a weight or
         # a constant of the library, and writing to a result must not change those. Fresh
         # ones save a copy of every output (3072 outputs at 128 rows: 0.1-0.2 ms).
         args = []
-        for x in inputs:
-            x = _aligned(x)
-            args.append(self._from_dlpack(x) if x.size else self._tensor(x))
+        align = self._align if len(self._align) == len(inputs) else [ALIGN] * len(inputs)
+        for x, a in zip(inputs, align):
+            x = _aligned(x, a)
+            args.append(self._from_dlpack(x, require_alignment=a, require_contiguous=True)
+                        if x.size else self._tensor(x))
         out = self._main(*args, *self._params)
         outs = [out] if isinstance(out, self._tensor_type) else list(out)
         fresh = self._fresh if len(self._fresh) == len(outs) else [False] * len(outs)
