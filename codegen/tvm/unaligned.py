@@ -4,7 +4,8 @@ TVM declares every PrimFunc buffer parameter 64-byte aligned, and LLVM then emit
 vector loads (``vmovaps``) on them: a tensor that is not 64-byte aligned crashes the kernel.
 numpy only promises 16 bytes (large arrays sit 16 or 32 bytes past a 64-byte boundary), so
 the runner used to copy every such input first. For GPT-2's decode step that is its 9.4 MB
-``past``: 1.3 ms of a 12.5 ms call (measured: 12.5 -> 11.2 ms with the copy gone).
+``past``: about 1.1 ms of a 12.3 ms call (12.3 -> 11.2 ms with the copy gone, A/B in one
+process).
 
 ``unaligned_params_pass`` declares every buffer parameter of every PrimFunc aligned to its
 element size only. On x86 with AVX, aarch64 and Wasm an unaligned vector load of aligned
