@@ -121,6 +121,35 @@ class CompiledModel:
         return artifact.write(Path(path), self._files, keep)
 
 
+ALIGNMENTS = (1, 2, 4, 8, 16, 32, 64)  # bytes an input may be required to be aligned to
+
+
+def _check_inputs(manifest: dict[str, Any], path: Path) -> None:
+    """The input specs the runner relies on are well formed: one clear error if not (the
+    manifest is not covered by the checksums of the files it lists)."""
+    specs = manifest.get("inputs")
+    if not isinstance(specs, list) or not all(isinstance(s, dict) for s in specs):
+        raise ArtifactError(f"artifact '{path}': manifest.json has no list of inputs")
+    for spec in specs:
+        name, shape, align = spec.get("name"), spec.get("shape"), spec.get("align", 64)
+
+        def bad(what, value):
+            return ArtifactError(f"artifact '{path}': manifest.json gives input {name!r} "
+                                 f"an invalid {what} {value!r}")
+
+        if not isinstance(name, str):
+            raise bad("name", name)
+        if not isinstance(shape, list) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise bad("shape", shape)
+        try:
+            np.dtype(spec["dtype"] if isinstance(spec.get("dtype"), str) else object())
+        except (TypeError, ValueError):
+            raise bad("dtype", spec.get("dtype")) from None
+        if isinstance(align, bool) or align not in ALIGNMENTS:
+            raise bad("alignment", align)
+
+
 def load(path: str | Path) -> CompiledModel:
     """Load an artifact written by ``CompiledModel.save`` / ``sparsec compile``, no compiling."""
     from safetensors.numpy import load_file
@@ -129,6 +158,7 @@ def load(path: str | Path) -> CompiledModel:
 
     path = Path(path)
     manifest = artifact.read_manifest(path)
+    _check_inputs(manifest, path)
     try:
         target = registry.get(manifest["target"])
     except Exception:  # noqa: BLE001

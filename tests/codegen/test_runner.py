@@ -2,9 +2,11 @@
 with an input or a weight: writing to a result must never change the model or the input."""
 
 import numpy as np
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import sparsec
+from sparsec.errors import ArtifactError
 
 
 def _model(nodes, inits=()):
@@ -129,3 +131,22 @@ def test_artifact_without_input_alignment_gets_aligned_copies(tmp_path):
     assert seen[-1] % 64 == 0 and seen[-1] != x.ctypes.data
     np.testing.assert_array_equal(y, np.maximum(x, 0))
     np.testing.assert_array_equal(z, -x)
+
+
+@pytest.mark.parametrize("key,value", [
+    ("align", 0), ("align", 3), ("align", 128), ("align", "4"), ("align", True),
+    ("dtype", "float99"), ("dtype", None), ("shape", [2, -3]), ("shape", "2x3"), ("name", 7),
+])
+def test_malformed_input_specs_are_one_clear_error(tmp_path, key, value):
+    """The manifest is not covered by the checksums, and the runner trusts its input specs
+    (an alignment of 0 divided by zero, 128 asked DLPack for more than the copy gives)."""
+    import json
+
+    cm = sparsec.compile(_model([helper.make_node("Relu", ["x"], ["y"]),
+                                 helper.make_node("Neg", ["x"], ["z"])]))
+    path = cm.save(tmp_path / "m.sparsec")
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["inputs"][0][key] = value
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=f"invalid {'alignment' if key == 'align' else key}"):
+        sparsec.load(path)
