@@ -39,8 +39,9 @@ class CompiledModel:
         self._runner.set_params(params)
         if hasattr(self._runner, "set_fresh_outputs"):
             self._runner.set_fresh_outputs([bool(o.get("fresh")) for o in manifest["outputs"]])
-        if hasattr(self._runner, "set_input_align"):  # absent in older artifacts: 64 bytes
-            self._runner.set_input_align([int(i.get("align", 64)) for i in manifest["inputs"]])
+        if hasattr(self._runner, "set_input_align"):  # absent in older artifacts
+            self._runner.set_input_align([int(i.get("align", LEGACY_ALIGN))
+                                          for i in manifest["inputs"]])
         self.plan = Plan.from_dict(manifest["plan"])
         # (name, shape, dtype) of every input, parsed once: small models run in tens of
         # microseconds, and re-reading the manifest took 2.5-5 of them a call (now 1.4-2.5)
@@ -121,7 +122,9 @@ class CompiledModel:
         return artifact.write(Path(path), self._files, keep)
 
 
-ALIGNMENTS = (1, 2, 4, 8, 16, 32, 64)  # bytes an input may be required to be aligned to
+# Bytes an input may be required to be aligned to; up to 64, which the runner's copies give.
+ALIGNMENTS = (1, 2, 4, 8, 16, 32, 64)
+LEGACY_ALIGN = 64  # what a library built before ``codegen/tvm/unaligned.py`` needs
 
 
 def _check_inputs(manifest: dict[str, Any], path: Path) -> None:
@@ -131,7 +134,7 @@ def _check_inputs(manifest: dict[str, Any], path: Path) -> None:
     if not isinstance(specs, list) or not all(isinstance(s, dict) for s in specs):
         raise ArtifactError(f"artifact '{path}': manifest.json has no list of inputs")
     for spec in specs:
-        name, shape, align = spec.get("name"), spec.get("shape"), spec.get("align", 64)
+        name, shape, align = spec.get("name"), spec.get("shape"), spec.get("align", LEGACY_ALIGN)
 
         def bad(what, value):
             return ArtifactError(f"artifact '{path}': manifest.json gives input {name!r} "

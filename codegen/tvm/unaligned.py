@@ -24,10 +24,6 @@ from tvm import tirx
 from tvm.tirx.buffer import is_buffer_var
 from tvm.tirx.transform.common import BufferReplacer
 
-#: Alignment the runner must provide for artifacts that do not record one.
-LEGACY_ALIGN = 64
-
-
 def element_aligned(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """``func`` with each buffer parameter's alignment lowered to its element size."""
     repl = {}

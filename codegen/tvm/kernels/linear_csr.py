@@ -178,13 +178,13 @@ def emit_nnz_path(f: LinearFunc, lanes: int, ntasks: int, task_rows, entries, te
                 T.buffer_store(acc, T.Broadcast(ZERO, v), [r, vec(0)])
             with loop(count // v) as c:
                 first = start + c * v
-                val, col = term(o, vec(first))
+                val = term(o, vec(first))[0]
                 if by_word:
                     xs = _gather_words(f.X, rows, v, first, words)
                 elif by_lane:
                     xs = _gather_lanes(f.X, rows, v, o, first, term)
                 else:
-                    col = T.Bind(i32(col))
+                    col = T.Bind(i32(term(o, vec(first))[1]))
                     xs = [gather(f.X, r, col, v, hw) for r in range(rows)]
                 for r in range(rows):
                     T.buffer_store(acc, acc[r, vec(0)] + val * xs[r], [r, vec(0)])
@@ -206,8 +206,7 @@ def _gather_words(x, rows: int, v: int, first, words) -> list:
         for lane in range(4):
             cols.append(T.Bind(i32(T.Cast("int16", T.shift_right(w, tirx.const(16 * lane,
                                                                              "int64"))))))
-    return [tirx.Shuffle([x[r, c] for c in cols], [tirx.const(i, "int32") for i in range(v)])
-            for r in range(rows)]
+    return _vectors_of(x, rows, cols)
 
 
 def _gather_lanes(x, rows: int, v: int, o, first, term) -> list:
@@ -216,8 +215,14 @@ def _gather_lanes(x, rows: int, v: int, o, first, term) -> list:
     them, compiles to a vpextrw and a sign extension per lane: 3.3 instructions per nonzero
     where this takes 2."""
     cols = [T.Bind(i32(term(o, first + lane)[1])) for lane in range(v)]
-    return [tirx.Shuffle([x[r, c] for c in cols], [tirx.const(i, "int32") for i in range(v)])
-            for r in range(rows)]
+    return _vectors_of(x, rows, cols)
+
+
+def _vectors_of(x, rows: int, cols: list) -> list:
+    """For each row r of x, the vector x[r, cols[0]], x[r, cols[1]], ... (scalar loads
+    put together lane by lane)."""
+    lanes = [tirx.const(i, "int32") for i in range(len(cols))]
+    return [tirx.Shuffle([x[r, c] for c in cols], lanes) for r in range(rows)]
 
 
 def _hsum(acc, r, v: int):
