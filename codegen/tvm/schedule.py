@@ -26,6 +26,7 @@ from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.s_tir.stmt import SBlock
 from tvm.target import Target
 
+from .assemble import assemble_in_place_pass, mark_assembled_pass
 from .relax_views import duplicate_shared_views_pass
 from .schedule_conv import SpatialReduction
 from .schedule_fallback import Fallback
@@ -108,6 +109,7 @@ def legalize_passes(target: Target) -> list[tvm.transform.Pass]:
     """Library dispatch, legalization and fusion: the PrimFuncs the schedule pass sees."""
     return [
         duplicate_shared_views_pass,  # a shared slice fuses into each of its consumers
+        mark_assembled_pass,  # stacked outputs: written in place (assemble.py)
         relax.backend.DispatchSampling(),
         relax.backend.DispatchSortScan(),
         relax.transform.LegalizeOps(),
@@ -128,6 +130,7 @@ def lowering_passes(target: Target, on_planned=None) -> list[tvm.transform.Pass]
         relax.transform.ToNonDataflow(),
         relax.transform.RemovePurityChecking(),
         relax.transform.CallTIRRewrite(),
+        assemble_in_place_pass,
         relax.transform.StaticPlanBlockMemory(),
         *([_inspect_main(on_planned)] if on_planned else []),
         relax.transform.LowerAllocTensor(),
