@@ -65,8 +65,8 @@ def test_a_stack_on_an_inner_axis_is_left_alone():
 @pytest.mark.parametrize("axis", [0, 1])
 def test_results_match(axis):
     """Kernel outputs written in place (a, b), an input and a repeated piece copied in
-    (x, and the second b from its slice at a byte offset); ``a`` as an output of its own (a view into ``stacked``) and read
-    by another kernel (Exp)."""
+    (x, and the second b from its slice at a byte offset); ``a`` as an output of its own
+    (a view into ``stacked``) and read by another kernel (Exp)."""
     cm = sparsec.compile(_model(axis))
     x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
     for _ in range(2):  # the second call reuses the library's buffers
