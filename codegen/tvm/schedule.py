@@ -27,7 +27,7 @@ from tvm.s_tir.stmt import SBlock
 from tvm.target import Target
 
 from .assemble import assemble_in_place_pass, mark_assembled_pass
-from .relax_views import duplicate_shared_views_pass
+from .relax_views import duplicate_shared_views_pass, split_to_slices_pass
 from .schedule_conv import SpatialReduction
 from .schedule_fallback import Fallback
 from .schedule_fastmath import fast_math_pass
@@ -108,6 +108,7 @@ def schedule_pass(target: Target) -> tvm.transform.Pass:
 def legalize_passes(target: Target) -> list[tvm.transform.Pass]:
     """Library dispatch, legalization and fusion: the PrimFuncs the schedule pass sees."""
     return [
+        split_to_slices_pass,  # each output of a split fuses into its consumer
         duplicate_shared_views_pass,  # a shared slice fuses into each of its consumers
         mark_assembled_pass,  # stacked outputs: written in place (assemble.py)
         relax.backend.DispatchSampling(),

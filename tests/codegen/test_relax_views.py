@@ -79,3 +79,41 @@ def test_fused_model_reads_the_cache_in_place_and_matches():
     kc, vc = cm(past, new)
     np.testing.assert_array_equal(kc, np.concatenate([past[0, 0], new], axis=1))
     np.testing.assert_array_equal(vc, np.concatenate([past[0, 1], new], axis=1))
+
+
+def _split_model(sizes=None):
+    """qkv [2, 4, 12] split on the last axis (into 3 equal parts, or ``sizes``), each part
+    transposed: as BERT's ``qkv.chunk(3)`` before its heads are laid out."""
+    inits, inputs = [], ["qkv"]
+    if sizes is not None:
+        inits.append(numpy_helper.from_array(np.array(sizes, np.int64), "sizes"))
+        inputs.append("sizes")
+    widths = sizes or [4, 4, 4]
+    nodes = [helper.make_node("Split", inputs, ["q", "k", "v"], axis=2,
+                              **({} if sizes else {"num_outputs": 3})),
+             *[helper.make_node("Transpose", [t], [f"{t}t"], perm=[0, 2, 1]) for t in "qkv"]]
+    g = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("qkv", TensorProto.FLOAT, [2, 4, 12])],
+        [helper.make_tensor_value_info(f"{t}t", TensorProto.FLOAT, [2, w, 4])
+         for t, w in zip("qkv", widths)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("sizes", [None, [2, 4, 6]])
+def test_split_outputs_fuse_into_their_consumers(sizes):
+    from sparsec.codegen.tvm.relax_views import split_to_slices
+    from sparsec.codegen.tvm.schedule import scheduled_module
+    from sparsec.targets.cpu import tvm_target
+
+    mod = from_onnx(_split_model(sizes), keep_params_in_input=False)
+    assert "relax.split" in _ops(mod["main"])
+    func, n = split_to_slices(mod["main"])
+    assert n == 1 and "relax.split" not in _ops(func)
+    kernels = [gv.name_hint for gv, f in scheduled_module(mod, tvm_target()).functions_items()
+               if not isinstance(f, relax.Function)]
+    assert len(kernels) == 3 and not any("split" in k for k in kernels), kernels
+    qkv = np.random.default_rng(0).standard_normal((2, 4, 12)).astype(np.float32)
+    got = sparsec.compile(_split_model(sizes))(qkv)
+    parts = np.split(qkv, np.cumsum(sizes or [4, 4, 4])[:-1], axis=2)
+    for g, want in zip(got, parts):
+        np.testing.assert_array_equal(g, want.transpose(0, 2, 1))
