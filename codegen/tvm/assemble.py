@@ -234,9 +234,11 @@ def assemble_in_place(mod: tvm.IRModule) -> tvm.IRModule:
             if b.var in views or not isinstance(b, relax.VarBinding):
                 continue
             v = b.value
+            packed = bound.get(v.tuple_value) if isinstance(v, relax.TupleGetItem) else None
             if (isinstance(v, relax.Var) and v in views) or (
                     _op_name(v) in ("relax.reshape", "relax.memory.view")
-                    and isinstance(v.args[0], relax.Var) and v.args[0] in views):
+                    and isinstance(v.args[0], relax.Var) and v.args[0] in views) or (
+                    isinstance(packed, relax.Tuple) and packed.fields[v.index] in views):
                 views.add(b.var)
                 changed = True
     for extra in extra_after.values():
