@@ -184,33 +184,32 @@ def _slices(binding, normalize) -> list | None:
             for lo, hi in zip(bounds, bounds[1:])]
 
 
-@tvm.transform.module_pass(opt_level=0, name="SparsecSplitToSlices")
-def split_to_slices_pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+def _rewrite_functions(mod: tvm.IRModule, rewrite) -> tvm.IRModule:
+    """``mod`` with ``rewrite(func) -> (func, changes)`` applied to every Relax function
+    (the input module stays as it was), or ``mod`` itself when nothing changed."""
     updates = {}
     for gv, func in mod.functions_items():
         if isinstance(func, relax.Function):
-            new, n = split_to_slices(func)
-            if n:
+            new, changes = rewrite(func)
+            if changes:
                 updates[gv] = new
     if not updates:
         return mod
     mod = mod.clone()
     for gv, func in updates.items():
         mod[gv] = func
-    return relax.transform.Normalize()(relax.transform.CanonicalizeBindings()(mod))
+    return mod
+
+
+@tvm.transform.module_pass(opt_level=0, name="SparsecSplitToSlices")
+def split_to_slices_pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    out = _rewrite_functions(mod, split_to_slices)
+    if out is mod:
+        return mod
+    return relax.transform.Normalize()(relax.transform.CanonicalizeBindings()(out))
 
 
 @tvm.transform.module_pass(opt_level=0, name="SparsecDuplicateSharedViews")
 def duplicate_shared_views_pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-    updates = {}
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            new, copies = duplicate_shared_views(func)
-            if copies:
-                updates[gv] = new
-    if not updates:
-        return mod
-    mod = mod.clone()  # the input module stays as it was
-    for gv, func in updates.items():
-        mod[gv] = func
-    return relax.transform.Normalize()(mod)
+    out = _rewrite_functions(mod, duplicate_shared_views)
+    return mod if out is mod else relax.transform.Normalize()(out)
