@@ -11,6 +11,11 @@ float32 exp / erf / sigmoid / tanh in all PrimFuncs into vectorizable polynomial
     unscheduled PrimFunc f -> first rule r in ``schedule_rules(target)`` with r(f) != None
     (a rule that raises counts as not applicable; a PrimFunc no rule takes stays as it was).
 
+Before legalization, three Relax rewrites let copies fuse away (``relax_views``: a split's
+outputs and shared slices fuse into their consumers; ``assemble``: an output stacked from
+kernel results is marked), and right after ``CallTIRRewrite`` the marked outputs are
+assembled in place (each kernel writes its slice of the output).
+
 Use: ``tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target))``.
 """
 
@@ -131,7 +136,7 @@ def lowering_passes(target: Target, on_planned=None) -> list[tvm.transform.Pass]
         relax.transform.ToNonDataflow(),
         relax.transform.RemovePurityChecking(),
         relax.transform.CallTIRRewrite(),
-        assemble_in_place_pass,
+        assemble_in_place_pass,  # marked outputs: each piece written in its slice
         relax.transform.StaticPlanBlockMemory(),
         *([_inspect_main(on_planned)] if on_planned else []),
         relax.transform.LowerAllocTensor(),
