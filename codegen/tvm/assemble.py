@@ -60,9 +60,9 @@ def _static_shape(expr) -> list[int] | None:
 # ---------------------------------------------------------------- before legalization
 
 
-def _leaves(var, bound: dict) -> list | None:
-    """The tensors whose bytes, one after another, make up ``var``; None when ``var`` is not
-    such a concatenation (a leaf of its own gives ``[var]``)."""
+def _leaves(var, bound: dict) -> list:
+    """The tensors whose bytes, one after another, make up ``var``: ``[var]`` itself when
+    it is not such a concatenation."""
     value = bound.get(var)
     name = _op_name(value)
     if name in _SAME_BYTES and isinstance(value.args[0], relax.Var):
@@ -90,13 +90,19 @@ def mark_assembled(func: relax.Function) -> tuple[relax.Function, int]:
     while isinstance(bound.get(result), (relax.Var, relax.Tuple)):
         result = bound[result]
     outs = list(result.fields) if isinstance(result, relax.Tuple) else [result]
-    outs = [bound.get(o, o) if isinstance(bound.get(o), relax.Var) else o for o in outs]
+
+    def root(var):
+        while isinstance(bound.get(var), relax.Var):
+            var = bound[var]
+        return var
+
+    outs = [root(o) for o in outs]
     marked = {}
     for out in outs:
         if not isinstance(out, relax.Var) or out in marked:
             continue
         leaves = _leaves(out, bound)
-        if leaves and len(leaves) > 1 and out not in leaves:
+        if len(leaves) > 1:
             marked[out] = relax.call_pure_packed(MARKER, *leaves, ty_args=out.ty)
     if not marked:
         return func, 0
