@@ -303,3 +303,27 @@ def test_vector_width_comes_from_target():
     avx512 = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
     assert vector_lanes(avx2) == 8
     assert vector_lanes(avx512) == 16
+
+
+def test_injective_parallel_loop_fuses_only_what_it_needs():
+    """[1, 128, 768] -> heads [1, 12, 128, 64]: the parallel loop covers heads x positions
+    (1536 iterations, ``PARALLEL_ITERS`` is 64), the 8 vectors of a head's row run serially
+    inside it, and the result is still the transpose."""
+    from sparsec.codegen.tvm.schedule_injective import PARALLEL_ITERS
+
+    i64 = numpy_helper.from_array(np.array([1, 128, 12, 64], np.int64), "shape")
+    model = _model([node("Reshape", ["x", "shape"], ["r"]),
+                    node("Transpose", ["r"], ["y"], perm=[0, 2, 1, 3])],
+                   [("x", [1, 128, 768])], [("y", [1, 12, 128, 64])], [i64])
+    mod = scheduled_module(from_onnx(model, keep_params_in_input=False), _target())
+    (func,) = [f for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)]
+    loops = []
+    tvm_ffi.structural_walk(func.body, [(tirx.For, loops.append)])
+    parallel = [lp for lp in loops if lp.kind == tirx.ForKind.PARALLEL]
+    assert len(parallel) == 1 and int(parallel[0].extent) == 12 * 128 >= PARALLEL_ITERS
+    assert any(lp.kind == tirx.ForKind.SERIAL and int(lp.extent) == 8 for lp in loops)
+    x = np.random.default_rng(0).standard_normal((1, 128, 768)).astype(np.float32)
+    exe = tvm.compile(from_onnx(model, keep_params_in_input=False), target=_target(),
+                      relax_pipeline=relax_pipeline(_target()))
+    got = relax.VirtualMachine(exe, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_array_equal(got, x.reshape(1, 128, 12, 64).transpose(0, 2, 1, 3))
