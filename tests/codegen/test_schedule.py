@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import math
+import re
 
 import numpy as np
 import onnx
@@ -327,3 +328,32 @@ def test_injective_parallel_loop_fuses_only_what_it_needs():
                       relax_pipeline=relax_pipeline(_target()))
     got = relax.VirtualMachine(exe, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_array_equal(got, x.reshape(1, 128, 12, 64).transpose(0, 2, 1, 3))
+
+
+def test_transpose_walks_a_line_of_its_input_inside_the_vector_loop():
+    """[1, 128, 768] -> [1, 12, 64, 128] (attention's k^T): vectorized over the 128
+    positions, each vector loads 8 rows of x. A line of x's contiguous axis (16 floats of
+    d) is walked inside the positions' vector loop (``tile_strided_read``)."""
+    i64 = numpy_helper.from_array(np.array([1, 128, 12, 64], np.int64), "shape")
+    model = _model([node("Reshape", ["x", "shape"], ["r"]),
+                    node("Transpose", ["r"], ["y"], perm=[0, 2, 3, 1])],
+                   [("x", [1, 128, 768])], [("y", [1, 12, 64, 128])], [i64])
+    mod = scheduled_module(from_onnx(model, keep_params_in_input=False), _target())
+    (func,) = [f for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)]
+    loops = []
+    tvm_ffi.structural_walk(func.body, [(tirx.For, loops.append)])
+    # the walk lists the innermost loop first
+    assert [(lp.kind, int(lp.extent)) for lp in loops][:2] == [
+        (tirx.ForKind.VECTORIZED, 8), (tirx.ForKind.SERIAL, 16)]
+    # the serial loop walks x's contiguous axis (its last index), not its rows
+    text = func.script().splitlines()
+    (load,) = [ln for ln in text if "= x[" in ln]
+    block_vars = re.findall(r"\bv\d+\b", load.rsplit(",", 1)[1])
+    bindings = [ln for ln in text if any(ln.strip().startswith(f"{v} = T.axis")
+                                         for v in block_vars)]
+    assert any(str(loops[1].loop_var.name) in ln for ln in bindings), (load, bindings)
+    x = np.random.default_rng(0).standard_normal((1, 128, 768)).astype(np.float32)
+    exe = tvm.compile(from_onnx(model, keep_params_in_input=False), target=_target(),
+                      relax_pipeline=relax_pipeline(_target()))
+    got = relax.VirtualMachine(exe, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_array_equal(got, x.reshape(1, 128, 12, 64).transpose(0, 2, 3, 1))
