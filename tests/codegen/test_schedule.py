@@ -306,27 +306,34 @@ def test_vector_width_comes_from_target():
     assert vector_lanes(avx512) == 16
 
 
+def _heads_transpose(perm: list[int], out: list[int]):
+    """x [1, 128, 768] as heads [1, 128, 12, 64], transposed by ``perm``: (its one
+    scheduled PrimFunc, its loops innermost first, x, and what the compiled model gives)."""
+    i64 = numpy_helper.from_array(np.array([1, 128, 12, 64], np.int64), "shape")
+    model = _model([node("Reshape", ["x", "shape"], ["r"]),
+                    node("Transpose", ["r"], ["y"], perm=perm)],
+                   [("x", [1, 128, 768])], [("y", out)], [i64])
+    mod = scheduled_module(from_onnx(model, keep_params_in_input=False), _target())
+    (func,) = [f for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)]
+    loops = []
+    tvm_ffi.structural_walk(func.body, [(tirx.For, loops.append)])  # innermost first
+    x = np.random.default_rng(0).standard_normal((1, 128, 768)).astype(np.float32)
+    exe = tvm.compile(from_onnx(model, keep_params_in_input=False), target=_target(),
+                      relax_pipeline=relax_pipeline(_target()))
+    got = relax.VirtualMachine(exe, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    return func, loops, x, got
+
+
 def test_injective_parallel_loop_fuses_only_what_it_needs():
     """[1, 128, 768] -> heads [1, 12, 128, 64]: the parallel loop covers heads x positions
     (1536 iterations, ``PARALLEL_ITERS`` is 64), the 8 vectors of a head's row run serially
     inside it, and the result is still the transpose."""
     from sparsec.codegen.tvm.schedule_injective import PARALLEL_ITERS
 
-    i64 = numpy_helper.from_array(np.array([1, 128, 12, 64], np.int64), "shape")
-    model = _model([node("Reshape", ["x", "shape"], ["r"]),
-                    node("Transpose", ["r"], ["y"], perm=[0, 2, 1, 3])],
-                   [("x", [1, 128, 768])], [("y", [1, 12, 128, 64])], [i64])
-    mod = scheduled_module(from_onnx(model, keep_params_in_input=False), _target())
-    (func,) = [f for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)]
-    loops = []
-    tvm_ffi.structural_walk(func.body, [(tirx.For, loops.append)])
+    _func, loops, x, got = _heads_transpose([0, 2, 1, 3], [1, 12, 128, 64])
     parallel = [lp for lp in loops if lp.kind == tirx.ForKind.PARALLEL]
     assert len(parallel) == 1 and int(parallel[0].extent) == 12 * 128 >= PARALLEL_ITERS
     assert any(lp.kind == tirx.ForKind.SERIAL and int(lp.extent) == 8 for lp in loops)
-    x = np.random.default_rng(0).standard_normal((1, 128, 768)).astype(np.float32)
-    exe = tvm.compile(from_onnx(model, keep_params_in_input=False), target=_target(),
-                      relax_pipeline=relax_pipeline(_target()))
-    got = relax.VirtualMachine(exe, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_array_equal(got, x.reshape(1, 128, 12, 64).transpose(0, 2, 1, 3))
 
 
@@ -334,15 +341,7 @@ def test_transpose_walks_a_line_of_its_input_inside_the_vector_loop():
     """[1, 128, 768] -> [1, 12, 64, 128] (attention's k^T): vectorized over the 128
     positions, each vector loads 8 rows of x. A line of x's contiguous axis (16 floats of
     d) is walked inside the positions' vector loop (``tile_strided_read``)."""
-    i64 = numpy_helper.from_array(np.array([1, 128, 12, 64], np.int64), "shape")
-    model = _model([node("Reshape", ["x", "shape"], ["r"]),
-                    node("Transpose", ["r"], ["y"], perm=[0, 2, 3, 1])],
-                   [("x", [1, 128, 768])], [("y", [1, 12, 64, 128])], [i64])
-    mod = scheduled_module(from_onnx(model, keep_params_in_input=False), _target())
-    (func,) = [f for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)]
-    loops = []
-    tvm_ffi.structural_walk(func.body, [(tirx.For, loops.append)])
-    # the walk lists the innermost loop first
+    func, loops, x, got = _heads_transpose([0, 2, 3, 1], [1, 12, 64, 128])
     assert [(lp.kind, int(lp.extent)) for lp in loops][:2] == [
         (tirx.ForKind.VECTORIZED, 8), (tirx.ForKind.SERIAL, 16)]
     # the serial loop walks x's contiguous axis (its last index), not its rows
@@ -352,8 +351,4 @@ def test_transpose_walks_a_line_of_its_input_inside_the_vector_loop():
     bindings = [ln for ln in text if any(ln.strip().startswith(f"{v} = T.axis")
                                          for v in block_vars)]
     assert any(str(loops[1].loop_var.name) in ln for ln in bindings), (load, bindings)
-    x = np.random.default_rng(0).standard_normal((1, 128, 768)).astype(np.float32)
-    exe = tvm.compile(from_onnx(model, keep_params_in_input=False), target=_target(),
-                      relax_pipeline=relax_pipeline(_target()))
-    got = relax.VirtualMachine(exe, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_array_equal(got, x.reshape(1, 128, 12, 64).transpose(0, 2, 3, 1))
