@@ -37,24 +37,18 @@ from tvm.script.ir_builder import tirx as T
 from tvm.tirx.buffer import is_buffer_var
 from tvm.tirx.transform.common import BufferReplacer
 
+from .relax_views import op_name, static_shape
+from .unaligned import redeclare
+
 MARKER = "sparsec.assemble"
 _SAME_BYTES = {"relax.expand_dims", "relax.reshape", "relax.squeeze", "relax.flatten"}
 
 
-def _op_name(value) -> str | None:
-    if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
-        return str(value.op.name)
-    return None
-
-
-def _static_shape(expr) -> list[int] | None:
-    sinfo = expr.ty
-    if not isinstance(sinfo, relax.TensorType) or sinfo.shape is None:
-        return None
-    dims = getattr(sinfo.shape, "values", None)
-    if dims is None or not all(isinstance(d, tirx.IntImm) for d in dims):
-        return None
-    return [int(d) for d in dims]
+def _root(var, bound: dict):
+    """The last variable of a chain of ``v = w`` bindings that starts at ``var``."""
+    while isinstance(bound.get(var), relax.Var):
+        var = bound[var]
+    return var
 
 
 # ---------------------------------------------------------------- before legalization
@@ -64,18 +58,18 @@ def _leaves(var, bound: dict) -> list:
     """The tensors whose bytes, one after another, make up ``var``: ``[var]`` itself when
     it is not such a concatenation."""
     value = bound.get(var)
-    name = _op_name(value)
+    name = op_name(value)
     if name in _SAME_BYTES and isinstance(value.args[0], relax.Var):
         return _leaves(value.args[0], bound)
     if name != "relax.concat" or not isinstance(value.args[0], relax.Tuple):
         return [var]
-    shape = _static_shape(var)
+    shape = static_shape(var)
     axis = int(value.attrs.axis) if value.attrs.axis is not None else 0
     if shape is None or math.prod(shape[:axis % len(shape)]) != 1:
         return [var]
     out = []
     for field in value.args[0].fields:
-        if not isinstance(field, relax.Var) or _static_shape(field) is None:
+        if not isinstance(field, relax.Var) or static_shape(field) is None:
             return [var]
         out += _leaves(field, bound)
     return out
@@ -90,13 +84,7 @@ def mark_assembled(func: relax.Function) -> tuple[relax.Function, int]:
     while isinstance(bound.get(result), (relax.Var, relax.Tuple)):
         result = bound[result]
     outs = list(result.fields) if isinstance(result, relax.Tuple) else [result]
-
-    def root(var):
-        while isinstance(bound.get(var), relax.Var):
-            var = bound[var]
-        return var
-
-    outs = [root(o) for o in outs]
+    outs = [_root(o, bound) for o in outs]
     marked = {}
     for out in outs:
         if not isinstance(out, relax.Var) or out in marked:
@@ -168,12 +156,10 @@ def _with_offsets(func: tirx.PrimFunc, indices: set[int]) -> tirx.PrimFunc:
         buf = func.params[i]
         if not is_buffer_var(buf):
             continue
-        ty = buf.ty
-        if not isinstance(ty.elem_offset, tirx.IntImm):
+        if not isinstance(buf.ty.elem_offset, tirx.IntImm):
             continue
-        repl[buf] = tirx.decl_buffer(ty.shape, ty.dtype, buf.name, None, ty.strides,
-                                     tirx.Var(f"{buf.name}_elem_offset", "int64"), buf.scope(),
-                                     ty.data_alignment, 1, layout=ty.layout)
+        repl[buf] = redeclare(buf, elem_offset=tirx.Var(f"{buf.name}_elem_offset", "int64"),
+                              offset_factor=1)
     return BufferReplacer(repl)(func) if repl else func
 
 
@@ -188,11 +174,6 @@ def assemble_in_place(mod: tvm.IRModule) -> tvm.IRModule:
     if not markers:
         return mod
 
-    def root(var):
-        while isinstance(bound.get(var), relax.Var):
-            var = bound[var]
-        return var
-
     builder = relax.BlockBuilder(mod.clone())
     replace: dict = {}  # binding var -> new value
     extra_after: dict = {}  # marker var -> bindings that take its place
@@ -202,20 +183,20 @@ def assemble_in_place(mod: tvm.IRModule) -> tvm.IRModule:
     for m in markers:
         target = m.var
         sinfo = target.ty
-        shape = _static_shape(target)
+        shape = static_shape(target)
         new_out = relax.Var(target.name + "_out", sinfo)
         hoisted.append(relax.VarBinding(new_out, relax.op.builtin.alloc_tensor(
             relax.ShapeExpr(shape), str(sinfo.dtype), 0)))
         offset, tail = 0, []
         for leaf in _marker_args(m.value):
-            lshape = _static_shape(leaf)
+            lshape = static_shape(leaf)
             nbytes = math.prod(lshape) * tvm.runtime.DataType(leaf.ty.dtype).bits // 8
             view = relax.op.memory.view(new_out, relax.ShapeExpr(lshape),
                                         relative_byte_offset=relax.prim_value(offset))
-            src = root(leaf)
+            src = _root(leaf, bound)
             value = bound.get(src)
             if (isinstance(value, relax.Call) and value.op.same_as(alloc) and src not in viewed
-                    and _static_shape(src) == lshape):
+                    and static_shape(src) == lshape):
                 viewed.add(src)
                 replace[src] = view
             else:  # copy it into its slice
@@ -232,24 +213,21 @@ def assemble_in_place(mod: tvm.IRModule) -> tvm.IRModule:
     out = builder.get()
 
     # Every variable that is (a reshape of) a view: the kernels taking it need offsets.
+    # Bindings come in order, so one pass sees each view before what is derived from it.
     views = set(replace)
-    changed = True
-    while changed:
-        changed = False
-        for b in bindings:
-            if b.var in views or not isinstance(b, relax.VarBinding):
-                continue
-            v = b.value
-            packed = bound.get(v.tuple_value) if isinstance(v, relax.TupleGetItem) else None
-            if (isinstance(v, relax.Var) and v in views) or (
-                    _op_name(v) in ("relax.reshape", "relax.memory.view")
-                    and isinstance(v.args[0], relax.Var) and v.args[0] in views) or (
-                    isinstance(packed, relax.Tuple) and packed.fields[v.index] in views):
-                views.add(b.var)
-                changed = True
+    for b in bindings:
+        if b.var in views or not isinstance(b, relax.VarBinding):
+            continue
+        v = b.value
+        packed = bound.get(v.tuple_value) if isinstance(v, relax.TupleGetItem) else None
+        if (isinstance(v, relax.Var) and v in views) or (
+                op_name(v) in ("relax.reshape", "relax.memory.view")
+                and isinstance(v.args[0], relax.Var) and v.args[0] in views) or (
+                isinstance(packed, relax.Tuple) and packed.fields[v.index] in views):
+            views.add(b.var)
     for extra in extra_after.values():
         for b in extra:
-            if isinstance(b.value, relax.Call) and _op_name(b.value) == "relax.memory.view":
+            if isinstance(b.value, relax.Call) and op_name(b.value) == "relax.memory.view":
                 views.add(b.var)
     needs: dict = {}
     for b in bindings + [b for extra in extra_after.values() for b in extra]:

@@ -30,10 +30,21 @@ VIEW_OPS = {"relax.strided_slice", "relax.squeeze", "relax.reshape", "relax.expa
 CONSUMER_OPS = VIEW_OPS | {"relax.concat"}
 
 
-def _op_name(value) -> str | None:
+def op_name(value) -> str | None:
     if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
         return str(value.op.name)
     return None
+
+
+def static_shape(expr) -> list[int] | None:
+    """The dims of a tensor-typed ``expr`` when every one is a constant, else None."""
+    ty = expr.ty
+    if not isinstance(ty, relax.TensorType) or ty.shape is None:
+        return None
+    dims = getattr(ty.shape, "values", None)
+    if dims is None or not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
+        return None
+    return [int(d) for d in dims]
 
 
 def _uses(expr, var_set) -> list:
@@ -60,13 +71,13 @@ def duplicate_shared_views(func: relax.Function) -> tuple[relax.Function, int]:
         for b in block.bindings:
             if isinstance(b, relax.VarBinding):
                 for v in _uses(b.value, users):
-                    users[v].append(_op_name(b.value))
+                    users[v].append(op_name(b.value))
                     if block_of[v] != i:
                         outside.add(v)  # copies are emitted in the consumer's block
 
     def copyable(var) -> bool:
         """A view whose every user, all in its own block, is a view or a concatenation."""
-        return (_op_name(value_of.get(var)) in VIEW_OPS and var not in outside
+        return (op_name(value_of.get(var)) in VIEW_OPS and var not in outside
                 and all(u in CONSUMER_OPS for u in users[var]))
 
     # A view is copied when it is shared, or when it feeds a view that is copied.
@@ -164,14 +175,14 @@ def split_to_slices(func: relax.Function) -> tuple[relax.Function, int]:
 def _slices(binding, normalize) -> list | None:
     """The ``strided_slice`` calls equal to a static ``split`` binding, else None."""
     value = binding.value
-    if _op_name(value) != "relax.split":
+    if op_name(value) != "relax.split":
         return None
     x = value.args[0]
-    dims = getattr(getattr(x.ty, "shape", None), "values", None)
-    if dims is None or not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
+    dims = static_shape(x)
+    if dims is None:
         return None
     axis = int(value.attrs.axis) % len(dims)
-    size = int(dims[axis])
+    size = dims[axis]
     ios = value.attrs.indices_or_sections
     if isinstance(ios, (int, tvm.tirx.IntImm)):
         n = int(ios)

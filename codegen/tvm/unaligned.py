@@ -24,18 +24,25 @@ from tvm import tirx
 from tvm.tirx.buffer import is_buffer_var
 from tvm.tirx.transform.common import BufferReplacer
 
+def redeclare(buf, *, elem_offset=None, data_alignment=None, offset_factor=None):
+    """A buffer parameter declared again, with the given fields changed."""
+    ty = buf.ty
+    return tirx.decl_buffer(
+        ty.shape, ty.dtype, buf.name, None, ty.strides,
+        ty.elem_offset if elem_offset is None else elem_offset, buf.scope(),
+        ty.data_alignment if data_alignment is None else data_alignment,
+        ty.offset_factor if offset_factor is None else offset_factor, layout=ty.layout)
+
+
 def element_aligned(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """``func`` with each buffer parameter's alignment lowered to its element size."""
     repl = {}
     for buf in func.params:
         if not is_buffer_var(buf):
             continue
-        ty = buf.ty
-        elem = max(1, tvm.runtime.DataType(ty.dtype).bits // 8)
-        if ty.data_alignment > elem:
-            repl[buf] = tirx.decl_buffer(ty.shape, ty.dtype, buf.name, None, ty.strides,
-                                         ty.elem_offset, buf.scope(), elem, ty.offset_factor,
-                                         layout=ty.layout)
+        elem = max(1, tvm.runtime.DataType(buf.ty.dtype).bits // 8)
+        if buf.ty.data_alignment > elem:
+            repl[buf] = redeclare(buf, data_alignment=elem)
     return BufferReplacer(repl)(func) if repl else func
 
 
