@@ -54,7 +54,9 @@ from sparsec.formats import check_fits
 from sparsec.layouts import Layout, parse_layout
 from sparsec.options import CompileOptions
 from sparsec.plan import Plan, PlanEntry
-from sparsec.targetspec import TargetSpec, rows_block_vectors
+from sparsec.targetspec import (
+    TargetSpec, csr_panel_columns, panel_block_vectors, rows_block_vectors,
+)
 
 from .base import SparsecPass
 from .weights import WeightOp, is_pointwise, nodes_by_name, weight_op_for
@@ -123,12 +125,14 @@ def layout_time(layout: Layout, entry: PlanEntry, rows: int, target: TargetSpec,
 def _weight_passes(layout: Layout, rows: int, lanes: int, k: int) -> int:
     """How many times a kernel streams the stored weight: the rows path of csr/nm/bsr walks
     it once per block of rows (csr/nm: ``rows_block_vectors`` vectors wide, 4 for short
-    k; bsr: 2, or 1 for blocks too tall to keep 2 vectors of every block row in the
-    registers: 2r > registers - 4)."""
+    k; csr with column panels: ``panel_block_vectors``, 4 or 8; bsr: 2, or 1 for blocks
+    too tall to keep 2 vectors of every block row in the registers: 2r > registers - 4)."""
     if rows < 2 or layout.kind in ("dense", "chw-spmm"):
         return 1
     if layout.kind == "bsr":
         vectors = _bsr_vectors(layout.params[0], lanes)
+    elif layout.kind == "csr" and csr_panel_columns(k, rows, lanes):
+        vectors = panel_block_vectors(rows, lanes)
     else:
         vectors = rows_block_vectors(k, lanes)
     return -(-rows // (vectors * lanes))

@@ -9,7 +9,7 @@ initializers named ``f"{weight}.{layout}.{array}"`` (e.g. ``fc1.weight.csr.value
 ``bias`` is the ``[out]`` sum of the op's own bias and any fused bias Add (an existing
 ``[out]`` fp32 initializer is reused when it already is that sum); ``residual`` is the
 other operand of the fused residual Add. Attributes: layout, out_features, in_features,
-entry (the Plan entry's node), epilogue (+ clip_min/clip_max), and for SparseConv
+entry (the Plan entry's node), rows (the GEMM rows the layout was chosen for, when known), epilogue (+ clip_min/clip_max), and for SparseConv
 kernel_shape, strides, pads (top, left, bottom, right), dilations.
 
 The new node is named after the entry, sits where the last fused node was, and its output
@@ -33,6 +33,7 @@ from sparsec.layouts import parse_layout
 from sparsec.plan import Plan, PlanEntry
 
 from .base import SparsecPass
+from .choose_layouts import kernel_rows
 from .mark_epilogues import EpilogueMatch, match_epilogue
 from .weights import (
     WeightOp, const_array, graph_names, new_initializer, nodes_by_name, unique_name,
@@ -85,6 +86,7 @@ def sparse_node(entry: PlanEntry, wop: WeightOp, inputs: list[ir.Value | None],
         ir.AttrInt64("out_features", w_shape[0]),
         ir.AttrInt64("in_features", w_shape[1]),
         ir.AttrString("entry", entry.node),
+        ir.AttrInt64("rows", kernel_rows(wop)),
         ir.AttrStrings("epilogue", [s.op for s in entry.epilogue]),
     ]
     for key, value in ops.epilogue_attrs(entry.epilogue).items():

@@ -106,6 +106,7 @@ def read_spec(node: onnx.NodeProto) -> SparseOpSpec:
         entry=dec(a.get("entry", node.name)),
         epilogue=steps(""),
         array_names=list(node.input[1:1 + len(array_keys(layout))]),
+        rows=int(a.get("rows", 0)),
     )
     if node.op_type != ops.CONV:
         return spec

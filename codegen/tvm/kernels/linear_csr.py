@@ -3,7 +3,7 @@
 ``prepare`` keeps the canonical arrays (values, indices int16/int32, indptr) and adds ``tasks``
 [T+1]: output-row ranges for the parallel loop, balanced by nonzeros (4 per thread).
 
-``build`` picks one of two schedules by the number of rows R (static):
+``build`` picks one of three schedules by the arrays and the number of rows R (static):
 
 - rows path, R >= 2: X is transposed once into row blocks of 2 vectors, 4 when such a
   block of k columns fits 128 KiB (``targetspec.rows_block_vectors``) (``XT``, scratch,
@@ -13,10 +13,22 @@
   row-major, so one output row's results go to a column of Y: they wait in a stage of
   ``lanes`` output rows, which ``transpose_store`` transposes in registers and writes as
   one vector per row of X (3072x768 at 5%, 32 rows: 0.21 -> 0.095 ms; scalar stores were
-  half the work of a short row). Walking the rows in column panels, so that XT's panel
-  stays in L1, was measured twice and is slower (768x3072 at 128 rows: 1.34 against 1.29
-  ms; 3072x768: 1.82 against 1.07; 4096x4096 at 5%: 6.6 against 4.4): the per-(row,
-  panel) setup and partial sums cost more than the L2 loads they save.
+  half the work of a short row). Column panels over these 2-vector blocks were measured
+  twice and are slower (768x3072 at 128 rows: 1.34 against 1.29 ms; 3072x768: 1.82
+  against 1.07; 4096x4096 at 5%: 6.6 against 4.4): the per-(row, panel) setup and partial
+  sums cost more than the L2 loads they save. They pay with wider blocks (next).
+- rows path with column panels, when the plan's rows (``spec.rows``) fill a 4-vector block
+  and k > 256 (``targetspec.csr_panel_columns``): ``prepare`` stores the entries panel by
+  panel (256 columns; ``panel_major``, ``pptr`` instead of ``indptr``). Row blocks are 8
+  vectors when the rows fill them, else 4 (``panel_block_vectors``); each walks panel p of
+  every output row of its task, keeping partial sums in a scratch ``[o, block]``, then
+  panel p + 1. The panel's XT (256 x 64 rows: 64 KiB) stays close while the weight
+  streams once per 64 rows instead of once per 16. Measured on AVX2 (Zen 3), 2 threads,
+  kernels A/B in one process, against the rows path: 4096x4096 at 128 rows 1.27x (density
+  0.05), 1.30-1.40x (0.1; 9.3 -> 6.6 ms), 1.49x (0.2); 3072x768 at 0.5 1.23x; at 32 rows
+  4096x4096 1.05-1.23x; the BERT shapes (768x3072, 3072x768) at 0.05-0.1 0.90-1.07x,
+  within noise. Each panel's sum is added to the partial sums, not continued from them,
+  so it is also a partial sum (``sum_in_chunks``).
 - nonzero path, R == 1 (GEMV): per output row, the nonzeros in chunks of one vector:
   ``acc[r, :] += values[j:j+V] * X[r, indices[j:j+V]]`` (a gather: AVX-512's vgatherdps,
   else lane by lane from scalar loads of the columns), a scalar tail, then a horizontal sum
@@ -30,8 +42,8 @@ Both walks are written once, over callbacks ``entries(o) -> (start, count)`` and
 ``term(o, j) -> (value, column)``, so ``linear_nm`` reuses them with its own addressing.
 
 Knobs (all optional): ``path`` "rows" | "nnz" (nnz only up to 16 rows), ``block_vectors``
-(vectors per row block, 2 or 4 by ``rows_block_vectors``; 3 is 4x slower), ``unroll``
-(accumulator sets, 2), ``transpose_store`` (False:
+(vectors per row block, 2 or 4 by ``rows_block_vectors``, 4 or 8 with panels), ``unroll``
+(accumulator sets, 2; 1 with panels), ``transpose_store`` (False:
 scalar stores), ``gather`` ("lanes" | "vector": X gathered from scalar or from vector
 column loads without AVX-512), ``words`` (False: int16 columns loaded one by one),
 ``threads``, ``lanes``.
@@ -65,7 +77,7 @@ from sparsec.codegen.tvm.kernels.linear_common import (
     transpose_x,
     vector_lanes,
 )
-from sparsec.targetspec import rows_block_vectors
+from sparsec.targetspec import csr_panel_columns, panel_block_vectors, rows_block_vectors
 
 
 def use_rows_path(rows: int, lanes: int, knobs: dict) -> bool:
@@ -79,29 +91,31 @@ def use_rows_path(rows: int, lanes: int, knobs: dict) -> bool:
 
 
 def emit_rows_path(f: LinearFunc, lanes: int, ntasks: int, task_rows, entries, term, knobs,
-                   longest: int = 0):
+                   longest: int = 0, panels=None):
     """The rows schedule (module docstring); ``task_rows(t) -> (first output row, count)``.
 
-    ``longest``: entries of the longest row; rows that long are summed in chunks
-    (``sum_in_chunks``)."""
-    blocks = row_blocks(f.rows, lanes,
-                        int(knobs.get("block_vectors", rows_block_vectors(f.k, lanes))))
+    ``longest``: entries of the longest row (of the longest panel segment with ``panels``);
+    rows that long are summed in chunks (``sum_in_chunks``). ``panels``: (count,
+    ``segment(p, o) -> (start, count)``) when the weight is stored panel by panel
+    (``panel_major``); each row block then walks panel p of all its output rows before
+    panel p + 1, keeping partial sums in a scratch ``[o, block]``."""
+    vectors = panel_block_vectors(f.rows, lanes) if panels else rows_block_vectors(f.k, lanes)
+    blocks = row_blocks(f.rows, lanes, int(knobs.get("block_vectors", vectors)))
     xt = transpose_x(f, blocks)
-    unroll = int(knobs.get("unroll", 2))
+    # One accumulator set with panels: 4 vectors of FMAs per nonzero already hide their
+    # latency, and a second set was 0.93-0.95x in C.
+    unroll = int(knobs.get("unroll", 1 if panels else 2))
     k = f.k
+    npanels, segment = panels if panels else (1, None)
+    width = blocks.width
+    part = T.decl_buffer((f.o * width,), F32, scope="global") if panels else None
 
     chunk = int(knobs["chunk"]) if "chunk" in knobs else chunk_size(longest)
 
-    def tile(o, r0, w, stage=None, g=None):
-        """Output row o of the row block at r0 (width w): stored, or epilogued into row g
-        of ``stage``."""
+    def walk_into(acc, r0, w, o, first, n, resume=None):
+        """acc[0:w] = the sum of entries first .. first+n-1 of row o (``unroll`` chains,
+        folded), plus ``part``'s row o when ``resume`` (True, or a PrimExpr)."""
         base = r0 * k
-        acc = T.decl_buffer((unroll * w,), F32, scope="local")
-        start, count = entries(o)
-        # 64-bit: the nonzero index then folds into each load's address. With int32 every
-        # nonzero paid a lea and a sign extension; measured on AVX2 (Zen 3), 128 rows:
-        # 1.10-1.19x faster at 768x3072 and 1.16-1.17x at 4096x4096, the same elsewhere.
-        start, count = bind(T.Cast("int64", start)), bind(T.Cast("int64", count))
 
         def step(j, u):
             val, col = term(o, j)
@@ -109,19 +123,37 @@ def emit_rows_path(f: LinearFunc, lanes: int, ntasks: int, task_rows, entries, t
                 a = u * w + l
                 T.buffer_store(acc, acc[a] + val * xt[base + i32(col) * w + l], [a])
 
-        def walk(first, n):
-            """acc[0:w] = the sum of entries first .. first+n-1 (``unroll`` chains, folded)."""
-            with T.vectorized(0, unroll * w) as l:
-                T.buffer_store(acc, ZERO, [l])
-            with loop(n // unroll) as jj:
-                for u in range(unroll):
-                    step(first + jj * unroll + u, u)
-            if unroll > 1:
-                with loop(n % unroll) as jj:
-                    step(first + n // unroll * unroll + jj, 0)
-            fold_chains(acc, w, unroll)
+        with T.vectorized(0, unroll * w) as l:
+            T.buffer_store(acc, ZERO, [l])
+        with loop(n // unroll) as jj:
+            for u in range(unroll):
+                step(first + jj * unroll + u, u)
+        if unroll > 1:
+            with loop(n % unroll) as jj:
+                step(first + n // unroll * unroll + jj, 0)
+        fold_chains(acc, w, unroll)
+        if resume is True:  # the panel's sum is a partial sum: added, not continued
+            with T.vectorized(0, w) as l:
+                T.buffer_store(acc, acc[l] + part[o * width + l], [l])
+        elif resume is not None:
+            with T.If(resume):
+                with T.Then():
+                    with T.vectorized(0, w) as l:
+                        T.buffer_store(acc, acc[l] + part[o * width + l], [l])
 
-        total = sum_in_chunks(start, count, chunk, walk, acc, w)
+    def tile(o, r0, w, stage=None, g=None):
+        """Output row o of the row block at r0 (width w): stored, or epilogued into row g
+        of ``stage``."""
+        acc = T.decl_buffer((unroll * w,), F32, scope="local")
+        start, count = segment(npanels - 1, o) if panels else entries(o)
+        # 64-bit: the nonzero index then folds into each load's address. With int32 every
+        # nonzero paid a lea and a sign extension; measured on AVX2 (Zen 3), 128 rows:
+        # 1.10-1.19x faster at 768x3072 and 1.16-1.17x at 4096x4096, the same elsewhere.
+        start, count = bind(T.Cast("int64", start)), bind(T.Cast("int64", count))
+        resume = True if panels else None
+        total = sum_in_chunks(start, count, chunk,
+                              lambda first, n: walk_into(acc, r0, w, o, first, n, resume),
+                              acc, w)
         if stage is None:
             store_row_lanes(f, total, r0, w, o)
         else:
@@ -129,11 +161,25 @@ def emit_rows_path(f: LinearFunc, lanes: int, ntasks: int, task_rows, entries, t
             with T.vectorized(0, w) as l:
                 T.buffer_store(stage, total[l], [g * w + l])
 
+    def early_panels(o0, n, r0, w):
+        """Panels 0 .. npanels-2 of output rows o0 .. o0+n-1: partial sums into ``part``."""
+        with loop(npanels - 1) as p:
+            with loop(n) as oo:
+                o = bind(o0 + oo)
+                acc = T.decl_buffer((unroll * w,), F32, scope="local")
+                start, count = segment(p, o)
+                start, count = bind(T.Cast("int64", start)), bind(T.Cast("int64", count))
+                walk_into(acc, r0, w, o, start, count, p > 0)
+                with T.vectorized(0, w) as l:
+                    T.buffer_store(part, acc[l], [o * width + l])
+
     group = lanes if knobs.get("transpose_store", True) else 0
 
     def block_rows(o0, n, r0, w):
         """Output rows o0 .. o0+n-1 of one row block: in groups of ``lanes`` through
         ``transpose_store``, the rest with scalar stores."""
+        if panels:
+            early_panels(o0, n, r0, w)
         if not group:
             with loop(n) as oo:
                 tile(o0 + oo, r0, w)
@@ -235,15 +281,32 @@ def _hsum(acc, r, v: int):
 
 
 def prepare(spec, arrays, target):
-    """Canonical CSR arrays plus ``tasks``: row ranges balanced by nonzeros."""
+    """Canonical CSR arrays plus ``tasks``: row ranges balanced by nonzeros. When the node's
+    GEMM has rows enough for column panels (``csr_panel_columns``), the entries are stored
+    panel by panel instead (``panel_major``) and ``indptr`` becomes ``pptr``."""
     indptr = np.asarray(arrays["indptr"], np.int32)
     costs = np.diff(indptr).astype(np.int64) + 4  # a row costs its nonzeros plus a store
-    return {
-        "values": np.asarray(arrays["values"], np.float32),
-        "indices": np.asarray(arrays["indices"]),
-        "indptr": indptr,
-        "tasks": row_tasks(costs, target),
-    }
+    values, indices = np.asarray(arrays["values"], np.float32), np.asarray(arrays["indices"])
+    tasks = row_tasks(costs, target)
+    panel = csr_panel_columns(spec.in_features, spec.rows, vector_lanes(target))
+    if panel:
+        values, indices, pptr = panel_major(values, indices, indptr, panel, spec.in_features)
+        return {"values": values, "indices": indices, "pptr": pptr, "tasks": tasks}
+    return {"values": values, "indices": indices, "indptr": indptr, "tasks": tasks}
+
+
+def panel_major(values, indices, indptr, panel: int, k: int):
+    """The CSR entries reordered panel by panel (columns [p*panel, (p+1)*panel)), row by row
+    within a panel, column order kept: (values, indices, pptr) where entries
+    pptr[p*o + r] .. pptr[p*o + r + 1] - 1 are row r's in panel p."""
+    o = len(indptr) - 1
+    npanels = -(-k // panel)
+    rows = np.repeat(np.arange(o, dtype=np.int64), np.diff(indptr))
+    key = indices.astype(np.int64) // panel * o + rows
+    order = np.argsort(key, kind="stable")
+    counts = np.bincount(key, minlength=npanels * o)
+    pptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    return values[order], indices[order], pptr
 
 
 def build(spec, in_shape, arrays, target, knobs=None):
@@ -252,28 +315,46 @@ def build(spec, in_shape, arrays, target, knobs=None):
     ntasks = int(arrays["tasks"].shape[0]) - 1
     with linear_func(spec, in_shape, arrays, "sparse_linear_csr") as f:
         values, indices = f.arrays["values"], f.arrays["indices"]
-        indptr, tasks = f.arrays["indptr"], f.arrays["tasks"]
+        tasks = f.arrays["tasks"]
 
         def task_rows(t):
             return tasks[t], tasks[t + 1] - tasks[t]
 
-        def entries(o):
-            return indptr[o], indptr[o + 1] - indptr[o]
-
         def term(o, j):
             return values[j], indices[j]
 
-        if use_rows_path(f.rows, lanes, knobs):
-            emit_rows_path(f, lanes, ntasks, task_rows, entries, term, knobs,
-                           longest=int(np.diff(arrays["indptr"]).max(initial=0)))
+        if "pptr" in f.arrays:  # panel-major (``prepare``): the rows path with panels
+            pptr, o_ = f.arrays["pptr"], spec.out_features
+
+            def segment(p, o):
+                return pptr[p * o_ + o], pptr[p * o_ + o + 1] - pptr[p * o_ + o]
+
+            npanels = (int(arrays["pptr"].shape[0]) - 1) // o_
+            emit_rows_path(f, lanes, ntasks, task_rows, None, term, knobs,
+                           longest=int(np.diff(arrays["pptr"]).max(initial=0)),
+                           panels=(npanels, segment))
         else:
-            words = None
-            if str(indices.ty.dtype) == "int16" and lanes % 4 == 0:
-                def words(j):
-                    return T.reinterpret("int64", indices[T.Ramp(j, 1, 4)])
-            emit_nnz_path(f, lanes, ntasks, task_rows, entries, term,
-                          hardware_gather(target, lanes), knobs, words)
+            _canonical(f, arrays, target, knobs, lanes, ntasks, task_rows, term)
     return f.func
+
+
+def _canonical(f, arrays, target, knobs, lanes, ntasks, task_rows, term):
+    """The kernel over row-major CSR arrays (``indptr``): the rows or the nonzero path."""
+    indptr, indices = f.arrays["indptr"], f.arrays["indices"]
+
+    def entries(o):
+        return indptr[o], indptr[o + 1] - indptr[o]
+
+    if use_rows_path(f.rows, lanes, knobs):
+        emit_rows_path(f, lanes, ntasks, task_rows, entries, term, knobs,
+                       longest=int(np.diff(arrays["indptr"]).max(initial=0)))
+    else:
+        words = None
+        if str(indices.ty.dtype) == "int16" and lanes % 4 == 0:
+            def words(j):
+                return T.reinterpret("int64", indices[T.Ramp(j, 1, 4)])
+        emit_nnz_path(f, lanes, ntasks, task_rows, entries, term,
+                      hardware_gather(target, lanes), knobs, words)
 
 
 KERNELS = {("SparseLinear", "csr"): KernelDef(prepare=prepare, build=build)}

@@ -28,7 +28,8 @@ from sparsec.layouts import parse_layout  # noqa: E402
 from sparsec.ops import SparseOpSpec, apply_epilogue  # noqa: E402
 from sparsec.plan import EpilogueStep  # noqa: E402
 from sparsec.codegen.tvm.kernels.linear_dense import even_tiles  # noqa: E402
-from sparsec.targetspec import rows_block_vectors  # noqa: E402
+from sparsec.codegen.tvm.kernels.linear_csr import panel_major  # noqa: E402
+from sparsec.targetspec import PANEL_COLUMNS, csr_panel_columns, rows_block_vectors  # noqa: E402
 
 TOL = {"rtol": 1e-4, "atol": 1e-4}
 
@@ -77,12 +78,14 @@ def _weight(layout: str, out: int, inp: int, density: float, rng, zero_rows=(0,)
     return np.ascontiguousarray(w, np.float32)
 
 
-def _run(layout, w, rows, steps=(), target=HOST, knobs=None, seed=1):
-    """Build, compile and run one kernel; returns (y, reference)."""
+def _run(layout, w, rows, steps=(), target=HOST, knobs=None, seed=1, plan_rows=0):
+    """Build, compile and run one kernel; returns (y, reference). ``plan_rows``: the rows
+    the plan expected (``SparseOpSpec.rows``; 0 unknown)."""
     rng = np.random.default_rng(seed)
     out, inp = w.shape
     packed = pack(w, layout)
-    spec = SparseOpSpec("SparseLinear", layout, out, inp, "fc", list(steps), list(packed.arrays))
+    spec = SparseOpSpec("SparseLinear", layout, out, inp, "fc", list(steps), list(packed.arrays),
+                        rows=plan_rows)
     kdef = kernel_for(spec)
     arrays = kdef.prepare(spec, packed.arrays, target)
     func = kdef.build(spec, (rows, inp), arrays, target, knobs)
@@ -185,6 +188,50 @@ def test_rows_path_block_widths(layout, vectors, rows):
     """Row blocks of 2 or 4 vectors (the default picks by k: ``rows_block_vectors``); 37
     rows leave a narrower last block."""
     _check(layout, 40, 64, rows, 0.4, knobs={"block_vectors": vectors}, seed=rows)
+
+
+@pytest.mark.parametrize("rows,inp,density,steps", [
+    (32, 600, 0.3, ()),  # one 4-vector block, three panels (the last one short)
+    (64, 520, 0.1, (S("bias"), S("relu"))),  # one 8-vector block
+    (100, 513, 0.05, (S("bias"), S("residual"))),  # 64 + a tail of 32 + 8 (4 valid rows)
+    (136, 1030, 0.02, ()),  # two 8-vector blocks and a 1-vector tail, empty segments
+])
+def test_csr_panels(rows, inp, density, steps):
+    """The rows path over a weight stored panel by panel (``prepare`` with the plan's rows):
+    full and tail row blocks, short last panel, epilogues, empty rows and segments."""
+    rng = np.random.default_rng(rows)
+    w = _weight("csr", 44, inp, density, rng, zero_rows=(0, 7))
+    w[3, 256:512] = 0.0  # a whole empty panel in one row
+    packed = pack(w, "csr")
+    spec = SparseOpSpec("SparseLinear", "csr", 44, inp, "fc", [], list(packed.arrays), rows=rows)
+    arrays = kernel_for(spec).prepare(spec, packed.arrays, HOST)
+    assert "pptr" in arrays and "indptr" not in arrays
+    assert arrays["pptr"].shape == (-(-inp // PANEL_COLUMNS) * 44 + 1,)
+    y, ref = _run("csr", w, rows, steps, seed=rows, plan_rows=rows)
+    np.testing.assert_allclose(y, ref, **TOL)
+    # Compiled for a different row count than planned: still right.
+    y, ref = _run("csr", w, 3, steps, seed=rows, plan_rows=rows)
+    np.testing.assert_allclose(y, ref, **TOL)
+
+
+def test_csr_panels_only_when_they_pay():
+    lanes = vector_lanes(HOST)
+    assert csr_panel_columns(4096, 4 * lanes, lanes) == PANEL_COLUMNS
+    assert csr_panel_columns(4096, 4 * lanes - 1, lanes) == 0  # no full 4-vector block
+    assert csr_panel_columns(PANEL_COLUMNS, 128, lanes) == 0  # one panel
+    assert csr_panel_columns(4096, 0, lanes) == 0  # rows unknown
+
+
+def test_panel_major_order():
+    """Entries panel by panel, row by row inside a panel, columns in order."""
+    w = np.zeros((2, 600), np.float32)
+    w[0, [1, 300, 599]] = [1, 2, 3]
+    w[1, [5, 6, 257]] = [4, 5, 6]
+    a = pack(w, "csr").arrays
+    values, indices, pptr = panel_major(a["values"], a["indices"], a["indptr"], 256, 600)
+    assert indices.tolist() == [1, 5, 6, 300, 257, 599]
+    assert values.tolist() == [1, 4, 5, 2, 6, 3]
+    assert pptr.tolist() == [0, 1, 3, 4, 5, 6, 6]
 
 
 def test_rows_block_vectors_by_k():
