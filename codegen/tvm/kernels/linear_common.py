@@ -337,31 +337,52 @@ def row_blocks(rows: int, lanes: int, block_vectors: int) -> RowBlocks:
 
 
 def transpose_x(f: LinearFunc, blocks: RowBlocks):
-    """Emit ``XT`` (scratch) = X transposed into row blocks; padding rows are zero."""
-    k, width = f.k, blocks.width
+    """Emit ``XT`` (scratch) = X transposed into row blocks; padding rows are zero.
+
+    Rows of a block that are all valid go lanes x lanes squares at a time: lanes vector
+    loads along X's rows, a transposition in registers (``transpose_square``), lanes vector
+    stores. Gathering a column of the block instead (a scalar load per element, rows k
+    floats apart, so the same L1 sets for every row) cost 1.1 ms for 128 x 3072 in
+    64-row blocks, against 0.1 ms this way; X's last k % lanes columns are still gathered.
+    """
+    k, width, lanes = f.k, blocks.width, blocks.lanes
     xt = T.decl_buffer((blocks.padded * k,), F32, scope="global")
-    full = blocks.full  # blocks with every row valid
-    kc = 64
-    with loop(-(-k // kc), "parallel") as kb:
-        nk = T.min(kc, k - kb * kc)
-        with loop(full) as b:
-            with loop(nk) as kk:  # stores vectorized over rows: 1.8x faster than scalar
-                col = kb * kc + kk
-                with T.vectorized(0, width) as r:
-                    T.buffer_store(xt, f.X[b * width + r, col], [b * width * k + col * width + r])
-        for r0, w in blocks.tail:
-            valid = min(w, f.rows - r0)
-            base = r0 * k
+    kc = 64  # columns per parallel task (a multiple of every lanes)
+    squares = lanes > 1 and (lanes & (lanes - 1)) == 0
+
+    def gathered(r0, w, valid, base, col):
+        """Column col of the block at r0 (w rows, the first ``valid`` of them real)."""
+        if valid == w:
+            with T.vectorized(0, w) as r:
+                T.buffer_store(xt, f.X[r0 + r, col], [base + col * w + r])
+            return
+        with loop(valid) as r:
+            T.buffer_store(xt, f.X[r0 + r, col], [base + col * w + r])
+        with T.vectorized(0, w - valid) as r:
+            T.buffer_store(xt, ZERO, [base + col * w + valid + r])
+
+    def block(r0, w, valid, kb, nk):
+        base = r0 * k
+        if not (squares and valid == w):
             with loop(nk) as kk:
-                col = kb * kc + kk
-                if valid == w:
-                    with T.vectorized(0, w) as r:
-                        T.buffer_store(xt, f.X[r0 + r, col], [base + col * w + r])
-                else:
-                    with loop(valid) as r:
-                        T.buffer_store(xt, f.X[r0 + r, col], [base + col * w + r])
-                    with T.vectorized(0, w - valid) as r:
-                        T.buffer_store(xt, ZERO, [base + col * w + valid + r])
+                gathered(r0, w, valid, base, kb * kc + kk)
+            return
+        with loop(nk // lanes) as cg:
+            c0 = kb * kc + cg * lanes
+            for g in range(w // lanes):
+                vecs = transpose_square([
+                    T.Bind(f.X[r0 + g * lanes + i, T.Ramp(c0, 1, lanes)]) for i in range(lanes)])
+                for j in range(lanes):
+                    T.buffer_store(xt, vecs[j], [T.Ramp(base + (c0 + j) * w + g * lanes, 1, lanes)])
+        with loop(nk % lanes) as kk:
+            gathered(r0, w, valid, base, kb * kc + nk // lanes * lanes + kk)
+
+    with loop(-(-k // kc), "parallel") as kb:
+        nk = bind(T.min(kc, k - kb * kc))
+        with loop(blocks.full) as b:
+            block(b * width, width, width, kb, nk)
+        for r0, w in blocks.tail:
+            block(r0, w, min(w, f.rows - r0), kb, nk)
     return xt
 
 
@@ -384,6 +405,26 @@ def store_row_lanes(f: LinearFunc, acc, r0, width: int, o, offset: int = 0):
         T.buffer_store(f.Y, acc[offset + l], [r0 + l, o])
 
 
+def transpose_square(vecs: list) -> list:
+    """The lanes x lanes square whose rows are ``vecs`` (lanes vectors of lanes lanes),
+    transposed in registers: log2(lanes) butterfly stages, each swapping the off-diagonal
+    blocks of every 2s x 2s block with two-vector shuffles (lanes * log2(lanes) shuffles)."""
+    lanes = len(vecs)
+    s = lanes // 2
+    while s >= 1:
+        lo = [j if j & s == 0 else lanes + j - s for j in range(lanes)]
+        hi = [j + s if j & s == 0 else lanes + j for j in range(lanes)]
+        new = list(vecs)
+        for i in range(lanes):
+            if i & s == 0:
+                pair = [vecs[i], vecs[i + s]]
+                new[i] = T.Bind(tirx.Shuffle(pair, lo))
+                new[i + s] = T.Bind(tirx.Shuffle(pair, hi))
+        vecs = new
+        s //= 2
+    return vecs
+
+
 def transpose_store(f: LinearFunc, stage, r0, width: int, o0, lanes: int, offset=0,
                     stride: int | None = None):
     """Y[r0 + l, o0 + g] = stage[offset + g * stride + l] for g < lanes and the valid rows
@@ -396,20 +437,8 @@ def transpose_store(f: LinearFunc, stage, r0, width: int, o0, lanes: int, offset
     outputs per row: 16 vector stores instead of 256 scalar ones (AVX-512)."""
     stride = width if stride is None else stride
     for h in range(width // lanes):
-        vecs = [T.Bind(stage[T.Ramp(offset + g * stride + h * lanes, 1, lanes)])
-                for g in range(lanes)]
-        s = lanes // 2
-        while s >= 1:
-            lo = [j if j & s == 0 else lanes + j - s for j in range(lanes)]
-            hi = [j + s if j & s == 0 else lanes + j for j in range(lanes)]
-            new = list(vecs)
-            for i in range(lanes):
-                if i & s == 0:
-                    pair = [vecs[i], vecs[i + s]]
-                    new[i] = T.Bind(tirx.Shuffle(pair, lo))
-                    new[i + s] = T.Bind(tirx.Shuffle(pair, hi))
-            vecs = new
-            s //= 2
+        vecs = transpose_square([T.Bind(stage[T.Ramp(offset + g * stride + h * lanes, 1, lanes)])
+                                 for g in range(lanes)])
         for l in range(lanes):
             r = r0 + h * lanes + l
             with T.If(r < f.rows):
