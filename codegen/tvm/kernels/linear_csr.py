@@ -114,7 +114,7 @@ def emit_rows_path(f: LinearFunc, lanes: int, ntasks: int, task_rows, entries, t
 
     def walk_into(acc, r0, w, o, first, n, resume=None):
         """acc[0:w] = the sum of entries first .. first+n-1 of row o (``unroll`` chains,
-        folded), plus ``part``'s row o when ``resume`` (True, or a PrimExpr)."""
+        folded), plus ``part``'s row o when ``resume`` (a PrimExpr)."""
         base = r0 * k
 
         def step(j, u):
@@ -132,14 +132,19 @@ def emit_rows_path(f: LinearFunc, lanes: int, ntasks: int, task_rows, entries, t
             with loop(n % unroll) as jj:
                 step(first + n // unroll * unroll + jj, 0)
         fold_chains(acc, w, unroll)
-        if resume is True:  # the panel's sum is a partial sum: added, not continued
-            with T.vectorized(0, w) as l:
-                T.buffer_store(acc, acc[l] + part[o * width + l], [l])
-        elif resume is not None:
-            with T.If(resume):
+        if resume is not None:
+            add_part(acc, o, w, resume)
+
+    def add_part(acc, o, w, when=True):
+        """acc[0:w] += ``part``'s row o (when ``when``): a panel's sum is a partial sum,
+        added to the others, not continued from them."""
+        if when is not True:
+            with T.If(when):
                 with T.Then():
-                    with T.vectorized(0, w) as l:
-                        T.buffer_store(acc, acc[l] + part[o * width + l], [l])
+                    add_part(acc, o, w)
+            return
+        with T.vectorized(0, w) as l:
+            T.buffer_store(acc, acc[l] + part[o * width + l], [l])
 
     def tile(o, r0, w, stage=None, g=None):
         """Output row o of the row block at r0 (width w): stored, or epilogued into row g
@@ -150,10 +155,10 @@ def emit_rows_path(f: LinearFunc, lanes: int, ntasks: int, task_rows, entries, t
         # nonzero paid a lea and a sign extension; measured on AVX2 (Zen 3), 128 rows:
         # 1.10-1.19x faster at 768x3072 and 1.16-1.17x at 4096x4096, the same elsewhere.
         start, count = bind(T.Cast("int64", start)), bind(T.Cast("int64", count))
-        resume = True if panels else None
         total = sum_in_chunks(start, count, chunk,
-                              lambda first, n: walk_into(acc, r0, w, o, first, n, resume),
-                              acc, w)
+                              lambda first, n: walk_into(acc, r0, w, o, first, n), acc, w)
+        if panels:
+            add_part(total, o, w)
         if stage is None:
             store_row_lanes(f, total, r0, w, o)
         else:

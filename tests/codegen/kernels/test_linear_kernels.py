@@ -212,6 +212,9 @@ def test_csr_panels(rows, inp, density, steps):
     # Compiled for a different row count than planned: still right.
     y, ref = _run("csr", w, 3, steps, seed=rows, plan_rows=rows)
     np.testing.assert_allclose(y, ref, **TOL)
+    # The last panel summed in chunks too (the partial sums added once).
+    y, ref = _run("csr", w, rows, steps, seed=rows, plan_rows=rows, knobs={"chunk": 3})
+    np.testing.assert_allclose(y, ref, **TOL)
 
 
 def test_csr_panels_only_when_they_pay():
