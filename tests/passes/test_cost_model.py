@@ -43,6 +43,22 @@ def test_model_picks_the_fastest_measured_layout(path):
     assert math.exp(sum(math.log(r) for r in regrets) / len(regrets)) <= GEOMEAN, detail
 
 
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_no_sparse_pick_slower_than_dense(path):
+    """A compiled model must not be slower than the dense one: wherever the model picks a
+    sparse layout, it measured no slower than dense (10%: the timing noise)."""
+    data = json.loads(path.read_text())
+    family = data["meta"]["isa"]
+    spec = replace(cpu.SPEC, vector_lanes=16 if family == "avx512" else 8,
+                   cost=cpu.calibrated_cost(family))
+    slower = []
+    for m in calibration.measured_points(data["points"]):
+        pick = calibration.choice(m, spec)
+        if pick != "dense" and "dense" in m.ms and m.ms[pick] > TOLERANCE * m.ms["dense"]:
+            slower.append(f"{m.label}: {pick} {m.ms[pick]:.3f} ms, dense {m.ms['dense']:.3f}")
+    assert not slower, "\n".join(slower)
+
+
 def test_recorded_measurements_exist_for_this_family():
     assert FILES, "no recorded benchmarks.kernels --candidates run in benchmarks/recorded"
 
