@@ -9,7 +9,8 @@ initializers named ``f"{weight}.{layout}.{array}"`` (e.g. ``fc1.weight.csr.value
 ``bias`` is the ``[out]`` sum of the op's own bias and any fused bias Add (an existing
 ``[out]`` fp32 initializer is reused when it already is that sum); ``residual`` is the
 other operand of the fused residual Add. Attributes: layout, out_features, in_features,
-entry (the Plan entry's node), rows (the GEMM rows the layout was chosen for, when known), epilogue (+ clip_min/clip_max), and for SparseConv
+entry (the Plan entry's node), rows (the GEMM rows the layout was chosen for; kernels may
+store the weight for them), epilogue (+ clip_min/clip_max), and for SparseConv
 kernel_shape, strides, pads (top, left, bottom, right), dilations.
 
 The new node is named after the entry, sits where the last fused node was, and its output

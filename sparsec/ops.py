@@ -20,7 +20,7 @@ Inputs, in this order:
 Attributes:
   layout (str), out_features (int), in_features (int), entry (str: the Plan entry's node),
   rows (int, optional: the GEMM rows the plan chose the layout for, batch x sequence or
-  N x OH x OW; 0 or absent when unknown; a kernel may lay its arrays out for it),
+  N x OH x OW, 1 when the shapes are not static; a kernel may lay its arrays out for it),
   epilogue (strings, in order, from ``sparsec.plan.EPILOGUE_OPS``), clip_min/clip_max (float);
   SparseConv also: kernel_shape, strides, pads (top, left, bottom, right), dilations; and
   with a fused depthwise conv (``passes/fuse_depthwise.py``): dw_kernel_shape, dw_strides,
@@ -61,7 +61,7 @@ class SparseOpSpec:
     depthwise: ConvAttrs | None = None  # a fused depthwise conv after the conv (group = out)
     dw_epilogue: list[EpilogueStep] = field(default_factory=list)
     project: SparseOpSpec | None = None  # a fused 1x1 projection after the depthwise conv
-    rows: int = 0  # the GEMM rows the plan expected (attribute ``rows``); 0: unknown
+    rows: int = 0  # the GEMM rows the plan expected (attribute ``rows``); 0: not given
 
     @property
     def has_dw_bias(self) -> bool:

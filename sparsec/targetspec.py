@@ -88,7 +88,7 @@ def panel_block_vectors(rows: int, lanes: int) -> int:
     them, else 4 (8 accumulators and a broadcast fit AVX2's 16 registers). The panel's
     transposed X is then 64 KiB on AVX2. Measured on AVX2 (Zen 3), 2 threads, 128 rows at
     density 0.1, against 4: 4096x4096 1.08x (6.6 against 7.2 ms), 768x3072 and 3072x768
-    within noise (0.94-0.98x, rounds 0.8-1.6)."""
+    within noise (0.94-0.95x, rounds 0.8-1.6)."""
     return 8 if rows >= 8 * lanes else 4
 
 

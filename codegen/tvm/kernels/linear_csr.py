@@ -25,10 +25,11 @@
   panel p + 1. The panel's XT (256 x 64 rows: 64 KiB) stays close while the weight
   streams once per 64 rows instead of once per 16. Measured on AVX2 (Zen 3), 2 threads,
   kernels A/B in one process, against the rows path: 4096x4096 at 128 rows 1.27x (density
-  0.05), 1.30-1.40x (0.1; 9.3 -> 6.6 ms), 1.49x (0.2); 3072x768 at 0.5 1.23x; at 32 rows
-  4096x4096 1.05-1.23x; the BERT shapes (768x3072, 3072x768) at 0.05-0.1 0.90-1.07x,
-  within noise. Each panel's sum is added to the partial sums, not continued from them,
-  so it is also a partial sum (``sum_in_chunks``).
+  0.05), 1.30-1.50x (0.1; 9.3 -> 6.6 ms), 1.49x (0.2); 3072x768 at 0.5 1.23x; at 32 rows
+  4096x4096 1.05-1.23x; 768x3072 at 0.1 1.40x once X's transposition stopped gathering
+  (``transpose_x``), 3072x768 (k = 768, whose 32-row XT already fitted) 1.0x. Each
+  panel's sum is added to the partial sums, not continued from them, so it is also a
+  partial sum (``sum_in_chunks``).
 - nonzero path, R == 1 (GEMV): per output row, the nonzeros in chunks of one vector:
   ``acc[r, :] += values[j:j+V] * X[r, indices[j:j+V]]`` (a gather: AVX-512's vgatherdps,
   else lane by lane from scalar loads of the columns), a scalar tail, then a horizontal sum
