@@ -377,12 +377,14 @@ def transpose_x(f: LinearFunc, blocks: RowBlocks):
         with loop(nk % lanes) as kk:
             gathered(r0, w, valid, base, kb * kc + nk // lanes * lanes + kk)
 
+    valid_blocks = f.rows // width  # full blocks whose rows are all real (the last may not be)
     with loop(-(-k // kc), "parallel") as kb:
         nk = bind(T.min(kc, k - kb * kc))
-        with loop(blocks.full) as b:
+        with loop(valid_blocks) as b:
             block(b * width, width, width, kb, nk)
-        for r0, w in blocks.tail:
-            block(r0, w, min(w, f.rows - r0), kb, nk)
+        rest = [(b * width, width) for b in range(valid_blocks, blocks.full)] + blocks.tail
+        for r0, w in rest:
+            block(r0, w, max(0, min(w, f.rows - r0)), kb, nk)
     return xt
 
 
