@@ -37,18 +37,11 @@ from tvm.script.ir_builder import tirx as T
 from tvm.tirx.buffer import is_buffer_var
 from tvm.tirx.transform.common import BufferReplacer
 
-from .relax_views import op_name, static_shape
+from .relax_views import op_name, root, static_shape
 from .unaligned import redeclare
 
 MARKER = "sparsec.assemble"
 _SAME_BYTES = {"relax.expand_dims", "relax.reshape", "relax.squeeze", "relax.flatten"}
-
-
-def _root(var, bound: dict):
-    """The last variable of a chain of ``v = w`` bindings that starts at ``var``."""
-    while isinstance(bound.get(var), relax.Var):
-        var = bound[var]
-    return var
 
 
 # ---------------------------------------------------------------- before legalization
@@ -84,7 +77,7 @@ def mark_assembled(func: relax.Function) -> tuple[relax.Function, int]:
     while isinstance(bound.get(result), (relax.Var, relax.Tuple)):
         result = bound[result]
     outs = list(result.fields) if isinstance(result, relax.Tuple) else [result]
-    outs = [_root(o, bound) for o in outs]
+    outs = [root(o, bound) for o in outs]
     marked = {}
     for out in outs:
         if not isinstance(out, relax.Var) or out in marked:
@@ -193,7 +186,7 @@ def assemble_in_place(mod: tvm.IRModule) -> tvm.IRModule:
             nbytes = math.prod(lshape) * tvm.runtime.DataType(leaf.ty.dtype).bits // 8
             view = relax.op.memory.view(new_out, relax.ShapeExpr(lshape),
                                         relative_byte_offset=relax.prim_value(offset))
-            src = _root(leaf, bound)
+            src = root(leaf, bound)
             value = bound.get(src)
             if (isinstance(value, relax.Call) and value.op.same_as(alloc) and src not in viewed
                     and static_shape(src) == lshape):

@@ -33,6 +33,7 @@ from sparsec.formats import array_keys
 from sparsec.ops import SparseOpSpec
 from sparsec.plan import ConvAttrs
 from sparsec.codegen.tvm.kernels import kernel_for
+from sparsec.codegen.tvm.relax_views import root
 from sparsec.codegen.tvm.support import check_supported
 from sparsec.codegen.tvm.unaligned import unaligned_params_pass
 
@@ -69,18 +70,12 @@ def fresh_outputs(main: relax.Function) -> list[bool]:
             if isinstance(b, relax.VarBinding):
                 bound[b.var] = b.value
 
-    def root(expr):
-        """The last variable of a chain of ``v = w`` bindings that starts at ``expr``."""
-        while isinstance(bound.get(expr), relax.Var):
-            expr = bound[expr]
-        return expr
-
-    top = root(body.body)
+    top = root(body.body, bound)
     result = bound.get(top, top)
     outs = list(result.fields) if isinstance(result, relax.Tuple) else [top]
     fresh, seen = [], set()
     for out in outs:
-        var = root(out)
+        var = root(out, bound)
         value = bound.get(var)
         ok = isinstance(value, relax.Call) and value.op.same_as(alloc) and var not in seen
         seen.add(var)

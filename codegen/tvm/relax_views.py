@@ -36,6 +36,14 @@ def op_name(value) -> str | None:
     return None
 
 
+def root(var, bound: dict):
+    """The last variable of a chain of ``v = w`` bindings that starts at ``var``
+    (``bound``: variable -> bound value)."""
+    while isinstance(bound.get(var), relax.Var):
+        var = bound[var]
+    return var
+
+
 def static_shape(expr) -> list[int] | None:
     """The dims of a tensor-typed ``expr`` when every one is a constant, else None."""
     ty = expr.ty

@@ -24,6 +24,7 @@ from tvm import tirx
 from tvm.tirx.buffer import is_buffer_var
 from tvm.tirx.transform.common import BufferReplacer
 
+
 def redeclare(buf, *, elem_offset=None, data_alignment=None, offset_factor=None):
     """A buffer parameter declared again, with the given fields changed."""
     ty = buf.ty

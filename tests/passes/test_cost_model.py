@@ -26,13 +26,18 @@ GEOMEAN = 1.05
 FILES = sorted(RECORDED.glob("kernels-*.json"))
 
 
-@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
-def test_model_picks_the_fastest_measured_layout(path):
+def _recorded(path):
+    """The measured points of a recorded run and the spec calibrated for its family."""
     data = json.loads(path.read_text())
     family = data["meta"]["isa"]
     spec = replace(cpu.SPEC, vector_lanes=16 if family == "avx512" else 8,
                    cost=cpu.calibrated_cost(family))
-    points = calibration.measured_points(data["points"])
+    return calibration.measured_points(data["points"]), spec
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_model_picks_the_fastest_measured_layout(path):
+    points, spec = _recorded(path)
     assert len(points) >= 100, "the recorded run should cover the whole suite"
     regrets = calibration.regrets(points, spec)
     off = [f"{m.label}: picks {calibration.choice(m, spec)} ({r:.2f}x the fastest, {m.best})"
@@ -47,12 +52,9 @@ def test_model_picks_the_fastest_measured_layout(path):
 def test_no_sparse_pick_slower_than_dense(path):
     """A compiled model must not be slower than the dense one: wherever the model picks a
     sparse layout, it measured no slower than dense (10%: the timing noise)."""
-    data = json.loads(path.read_text())
-    family = data["meta"]["isa"]
-    spec = replace(cpu.SPEC, vector_lanes=16 if family == "avx512" else 8,
-                   cost=cpu.calibrated_cost(family))
+    points, spec = _recorded(path)
     slower = []
-    for m in calibration.measured_points(data["points"]):
+    for m in points:
         pick = calibration.choice(m, spec)
         if pick != "dense" and "dense" in m.ms and m.ms[pick] > TOLERANCE * m.ms["dense"]:
             slower.append(f"{m.label}: {pick} {m.ms[pick]:.3f} ms, dense {m.ms['dense']:.3f}")
