@@ -22,6 +22,15 @@ when the fused node's output has one use, a plain 1x1 SparseConv (stride 1, no p
 with a sparse layout, so the depthwise output is not written out either; each task
 accumulates its channels' share of the projection in cache (``conv_dw``).
 
+A depthwise conv with no sparse 1x1 conv before it (a MobileNetV2's first block reads the
+stem's output) joins the projection after it instead:
+
+    SparseConv[csr|chw-spmm, 1x1](act(Conv[group=C](X, Wd, Bd?)))
+        -> SparseConv(X, ...) with dw_before = 1 and the dw_* attributes
+
+when the depthwise conv and its activations have no other use; its output then never goes
+to memory (``entry.depthwise.before``). Counted as ``fused before``.
+
 The Plan records the fusions (``entry.depthwise``; the projection's entry gets
 ``fused_into``); the fused node's output takes the last fused value, as
 ``lower_sparse_ops`` does. Runs after ``lower_sparse_ops``. Counts: ``fused``,
@@ -50,15 +59,56 @@ def match_depthwise(sparse: ir.Node) -> tuple[ir.Node, list[ir.Node], list[Epilo
     a = sparse.attributes
     if parse_layout(a.get_string("layout")).kind not in FUSABLE_KINDS:
         return f"layout {a.get_string('layout')} is not {' or '.join(FUSABLE_KINDS)}"
-    if (tuple(a.get_ints("kernel_shape")) != (1, 1) or tuple(a.get_ints("strides")) != (1, 1)
-            or any(a.get_ints("pads")) or "residual" in a.get_strings("epilogue", ())):
-        return "not a 1x1 conv with stride 1, no padding and no residual"
-    if a.get_strings("dw_epilogue", None) is not None:
-        return "already fused"
+    if (why := _plain_1x1(sparse)) or "residual" in a.get_strings("epilogue", ()):
+        return why or "not a 1x1 conv with stride 1, no padding and no residual"
     dw = _single_use(sparse.outputs[0])
     if dw is None or not _is_onnx(dw, "Conv") or dw.inputs[0] is not sparse.outputs[0]:
         return "its output does not feed exactly one Conv"
-    out = a.get_int("out_features")
+    return _depthwise(dw, a.get_int("out_features"))
+
+
+def match_depthwise_before(sparse: ir.Node) -> tuple[ir.Node, list[ir.Node],
+                                                     list[EpilogueStep]] | str:
+    """(the depthwise Conv, its activation nodes, its epilogue) that compute ``sparse``'s
+    input and nothing else, or why not (the first block of a MobileNetV2 has no expand conv:
+    its depthwise conv reads the stem's output)."""
+    a = sparse.attributes
+    if parse_layout(a.get_string("layout")).kind not in PROJECTION_KINDS:
+        return f"layout {a.get_string('layout')} is not {' or '.join(PROJECTION_KINDS)}"
+    if why := _plain_1x1(sparse):
+        return why
+    dw = sparse.inputs[0].producer()
+    while dw is not None and (_is_onnx(dw, "Relu") or _is_onnx(dw, "Clip")) and dw.inputs:
+        dw = dw.inputs[0].producer()
+    if dw is None or not _is_onnx(dw, "Conv"):
+        return "its input does not come from a Conv (and activations)"
+    found = _depthwise(dw, a.get_int("in_features"))
+    if isinstance(found, str):
+        return found
+    _, nodes, _ = found
+    if (nodes[-1] if nodes else dw).outputs[0] is not sparse.inputs[0] \
+            or _single_use(sparse.inputs[0]) is not sparse:
+        return f"Conv {dw.name}'s output (or its activation's) has another use"
+    return found
+
+
+def _plain_1x1(sparse: ir.Node) -> str:
+    """Why ``sparse`` is not a 1x1 conv with stride 1, no padding and nothing fused yet, or
+    ''."""
+    a = sparse.attributes
+    if (tuple(a.get_ints("kernel_shape")) != (1, 1) or tuple(a.get_ints("strides")) != (1, 1)
+            or any(a.get_ints("pads"))):
+        return "not a 1x1 conv with stride 1 and no padding"
+    if a.get_strings("dw_epilogue", None) is not None:
+        return "already fused"
+    return ""
+
+
+def _depthwise(dw: ir.Node, channels: int) -> tuple[ir.Node, list[ir.Node],
+                                                     list[EpilogueStep]] | str:
+    """(``dw``, the activation nodes after it, its epilogue) when ``dw`` is a depthwise
+    conv over ``channels`` the kernel computes, or why not."""
+    out = channels
     w = const_array(dw.inputs[1]) if len(dw.inputs) > 1 else None
     b = const_array(dw.inputs[2]) if len(dw.inputs) > 2 and dw.inputs[2] is not None else None
     shape = dw.inputs[0].shape
@@ -139,7 +189,22 @@ class FuseDepthwisePass(SparsecPass):
                     continue
                 self._fuse_projection(graph, node, pj, entries)
                 self.counts["projections"] += 1
-        return self.counts["fused"] > 0
+        # A depthwise conv with no sparse 1x1 conv before it (MobileNetV2's first block)
+        # joins the projection after it instead.
+        for sparse in list(graph):
+            if (sparse.domain != ops.DOMAIN or sparse.op_type != ops.CONV
+                    or sparse.graph is not graph):
+                continue
+            entry = entries[sparse.attributes.get_string("entry")]
+            if entry.depthwise is not None:
+                continue
+            with self.at(sparse.name, entry.weight):
+                found = match_depthwise_before(sparse)
+                if isinstance(found, str):
+                    continue  # counted above
+                self._fuse(graph, sparse, entry, *found, before=True)
+                self.counts["fused before"] += 1
+        return self.counts["fused"] + self.counts["fused before"] > 0
 
     def _fuse_projection(self, graph: ir.Graph, node: ir.Node, pj: ir.Node,
                          entries: dict) -> None:
@@ -158,7 +223,7 @@ class FuseDepthwisePass(SparsecPass):
         entries[a.get_string("entry")].fused_into = node.attributes.get_string("entry")
 
     def _fuse(self, graph: ir.Graph, sparse: ir.Node, entry, dw: ir.Node,
-              acts: list[ir.Node], steps: list[EpilogueStep]) -> ir.Node:
+              acts: list[ir.Node], steps: list[EpilogueStep], before: bool = False) -> ir.Node:
         d = dw.attributes
         w = dw.inputs[1]
         kernel = tuple(int(k) for k in w.shape[2:])
@@ -168,16 +233,19 @@ class FuseDepthwisePass(SparsecPass):
                  ir.AttrInt64s("dw_strides", list(conv.strides)),
                  ir.AttrInt64s("dw_pads", list(conv.pads)),
                  ir.AttrStrings("dw_epilogue", [s.op for s in steps])]
+        if before:
+            attrs.append(ir.AttrInt64("dw_before", 1))
         for key, value in ops.epilogue_attrs(steps, "dw_").items():
             if key != "dw_epilogue":
                 attrs.append(ir.AttrFloat32(key, float(value)))
-        inputs = [*sparse.inputs, w] + ([dw.inputs[2]] if steps[:1] == [EpilogueStep("bias")]
-                                        else [])
-        node = ir.Node(ops.DOMAIN, ops.CONV, inputs, [*sparse.attributes.values(), *attrs],
-                       name=sparse.name)
-        last = (acts[-1] if acts else dw).outputs[0]
+        dw_inputs = [w] + ([dw.inputs[2]] if steps[:1] == [EpilogueStep("bias")] else [])
+        x = dw.inputs[0] if before else sparse.inputs[0]
+        node = ir.Node(ops.DOMAIN, ops.CONV, [x, *sparse.inputs[1:], *dw_inputs],
+                       [*sparse.attributes.values(), *attrs], name=sparse.name)
+        last = sparse if before else (acts[-1] if acts else dw)
         ir.convenience.replace_nodes_and_values(
-            graph, (acts[-1] if acts else dw), [sparse, dw, *acts], [node], [last],
-            [node.outputs[0]])
-        entry.depthwise = DepthwiseFusion(dw.name, w.name, conv, steps, [n.name for n in acts])
+            graph, last, [dw, *acts, sparse] if before else [sparse, dw, *acts], [node],
+            [last.outputs[0]], [node.outputs[0]])
+        entry.depthwise = DepthwiseFusion(dw.name, w.name, conv, steps, [n.name for n in acts],
+                                          before)
         return node

@@ -14,7 +14,7 @@ Inputs, in this order:
   then ``bias`` [out] when "bias" is in the epilogue
   then ``residual`` (Y's shape) when "residual" is in the epilogue
   then, for a SparseConv with a fused depthwise conv, ``dw_weight`` [O, 1, kh, kw] and
-  ``dw_bias`` [O] when "bias" is in ``dw_epilogue``
+  ``dw_bias`` [O] when "bias" is in ``dw_epilogue`` (C instead of O with dw_before)
   then, with a fused projection too, its format arrays, bias and residual, as above
 
 Attributes:
@@ -27,7 +27,10 @@ Attributes:
   dw_pads, dw_epilogue (+ dw_clip_min/dw_clip_max). Then
   ``Y = dw_epilogue(depthwise_conv2d(epilogue(conv2d(X, W)), dw_weight))``. A fused 1x1
   projection after that adds pj_entry, pj_layout, pj_out_features, pj_epilogue
-  (+ pj_clip_min/pj_clip_max): ``Y = pj_epilogue(conv2d(that, W_pj))``.
+  (+ pj_clip_min/pj_clip_max): ``Y = pj_epilogue(conv2d(that, W_pj))``. With dw_before = 1
+  the depthwise conv comes first instead, over the C input channels (``dw_weight``
+  [C, 1, kh, kw], ``dw_bias`` [C]):
+  ``Y = epilogue(conv2d(dw_epilogue(depthwise_conv2d(X, dw_weight)), W))``, W a 1x1 conv.
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ class SparseOpSpec:
     dw_epilogue: list[EpilogueStep] = field(default_factory=list)
     project: SparseOpSpec | None = None  # a fused 1x1 projection after the depthwise conv
     rows: int = 0  # the GEMM rows the plan expected (attribute ``rows``); 0: not given
+    dw_before: bool = False  # the depthwise conv comes before the conv (it reads X; group =
+    # in) instead of after it; the conv is then the projection (attribute ``dw_before``)
 
     @property
     def has_dw_bias(self) -> bool:

@@ -71,13 +71,15 @@ class ConvAttrs:
 @dataclass
 class DepthwiseFusion:
     """A depthwise conv (and its activation) fused into the sparse 1x1 conv before it, so
-    the expanded tensor between them never goes to memory (``passes/fuse_depthwise.py``)."""
+    the expanded tensor between them never goes to memory, or into the one after it
+    (``before``), so its output does not (``passes/fuse_depthwise.py``)."""
 
     node: str  # the depthwise Conv node
     weight: str  # its [C, 1, kh, kw] initializer
     conv: ConvAttrs  # group == C
     epilogue: list[EpilogueStep] = field(default_factory=list)  # bias (the Conv's B), relu/clip
     fused_nodes: list[str] = field(default_factory=list)  # the activation nodes absorbed
+    before: bool = False  # it computes the 1x1 conv's input instead (no expand conv before it)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DepthwiseFusion:
@@ -133,7 +135,8 @@ class PlanEntry:
         if self.removed_rows:
             reason += f"; {self.removed_rows} all-zero output channels removed"
         if self.depthwise is not None:
-            reason += f"; fused with depthwise {self.depthwise.node}"
+            where = " before it" if self.depthwise.before else ""
+            reason += f"; fused with depthwise {self.depthwise.node}{where}"
         if self.fused_into is not None:
             reason += f"; computed inside {self.fused_into}'s kernel"
         return {

@@ -108,8 +108,10 @@ def read_spec(node: onnx.NodeProto) -> SparseOpSpec:
     spec.conv = ConvAttrs(tuple(a["kernel_shape"]), tuple(a.get("strides", (1, 1))),
                           tuple(a.get("pads", (0, 0, 0, 0))), tuple(a.get("dilations", (1, 1))))
     if "dw_kernel_shape" in a:
+        spec.dw_before = bool(a.get("dw_before", 0))
         spec.depthwise = ConvAttrs(tuple(a["dw_kernel_shape"]), tuple(a["dw_strides"]),
-                                   tuple(a["dw_pads"]), (1, 1), spec.out_features)
+                                   tuple(a["dw_pads"]), (1, 1),
+                                   spec.in_features if spec.dw_before else spec.out_features)
         spec.dw_epilogue = steps("dw_")
     if "pj_layout" in a:
         pj_layout = dec(a["pj_layout"])

@@ -104,15 +104,18 @@ def sparse_reference(node: ir.Node, values: dict[str, np.ndarray]) -> np.ndarray
     if node.op_type == ops.LINEAR:
         acc = x.astype(np.float64) @ w.T.astype(np.float64)
         return ops.apply_epilogue(acc, steps, bias, residual, channel_axis=-1)
-    y = ops.apply_epilogue(_conv2d(x, w, node), steps, bias, residual, channel_axis=1)
     if node.attributes.get_ints("dw_kernel_shape", None) is None:
-        return y
+        return ops.apply_epilogue(_conv2d(x, w, node), steps, bias, residual, channel_axis=1)
     dw_steps = ops.epilogue_from_attrs(
         list(node.attributes.get_strings("dw_epilogue")),
         node.attributes.get_float("dw_clip_min", None),
         node.attributes.get_float("dw_clip_max", None))
     dw_w = rest.pop(0)
     dw_bias = rest.pop(0) if any(s.op == "bias" for s in dw_steps) else None
+    if node.attributes.get_int("dw_before", 0):
+        x = ops.apply_epilogue(_depthwise(x, dw_w, node), dw_steps, dw_bias, channel_axis=1)
+        return ops.apply_epilogue(_conv2d(x, w, node), steps, bias, residual, channel_axis=1)
+    y = ops.apply_epilogue(_conv2d(x, w, node), steps, bias, residual, channel_axis=1)
     y = ops.apply_epilogue(_depthwise(y, dw_w, node), dw_steps, dw_bias, channel_axis=1)
     pj_layout = node.attributes.get_string("pj_layout", None)
     if pj_layout is None:

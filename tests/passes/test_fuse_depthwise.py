@@ -144,3 +144,59 @@ def test_dense_projection_is_kept(tools):
     p = FuseDepthwisePass(plan)
     assert p(lm).modified
     assert p.counts["projection kept: projection layout dense is not csr or chw-spmm"] == 1
+
+
+def first_block(tools, stride=1, act="Clip", other_use=False, residual=False):
+    """x -> depthwise 3x3 (bias) -> act -> Conv 1x1 "proj" (sparse, bias) [+ x] -> out: a
+    MobileNetV2's first block, with no expand conv before its depthwise conv."""
+    c = 8
+    nodes = [helper.make_node("Conv", ["x", "dw.weight", "dw.bias"], ["d"], group=c,
+                              pads=[1, 1, 1, 1], strides=[stride, stride], name="dw")]
+    y = "d"
+    if act:
+        nodes.append(helper.make_node(act, ["d"] + (["lo", "hi"] if act == "Clip" else []),
+                                      ["y"], name="dw_act"))
+        y = "y"
+    nodes.append(helper.make_node("Conv", [y, "proj.weight", "proj.bias"], ["pr"],
+                                  name="proj"))
+    out = "pr"
+    if residual:
+        nodes.append(helper.make_node("Add", ["pr", "x"], ["out"], name="residual"))
+        out = "out"
+    outputs = [out] + (["y" if act else "d"] if other_use else [])
+    wp = rng.standard_normal((c, c, 1, 1)).astype(np.float32)
+    wp[rng.random(wp.shape) >= 0.3] = 0
+    inits = {"dw.weight": rng.standard_normal((c, 1, 3, 3)).astype(np.float32),
+             "dw.bias": rng.standard_normal(c).astype(np.float32),
+             "proj.weight": wp, "proj.bias": rng.standard_normal(c).astype(np.float32),
+             "lo": np.float32(0), "hi": np.float32(6)}
+    return tools.model(nodes, {"x": (1, c, 10, 10)}, outputs, inits)
+
+
+@pytest.mark.parametrize("stride,act,residual", [(1, "Clip", False), (2, "Clip", False),
+                                                 (2, "Relu", False), (1, None, True)])
+def test_fuses_depthwise_before_projection(tools, stride, act, residual):
+    lm, plan = run(tools, first_block(tools, stride, act, residual=residual))
+    assert tools.op_types(lm) == ["SparseConv"]
+    (node,) = tools.sparse_nodes(lm)
+    assert node.inputs[0].name == "x" and node.attributes.get_int("dw_before") == 1
+    (entry,) = plan.entries
+    dw = entry.depthwise
+    assert (dw.node, dw.before, dw.conv.strides, dw.conv.group) == ("dw", True,
+                                                                   (stride, stride), 8)
+    assert [s.op for s in dw.epilogue] == ["bias"] + ([act.lower()] if act else [])
+    assert dw.fused_nodes == (["dw_act"] if act else [])
+    assert "fused with depthwise dw before it" in entry.report_row()["reason"]
+    assert Plan.from_json(plan.to_json()) == plan
+
+
+@pytest.mark.parametrize("case,proj", [(dict(other_use=True), "chw-spmm"),
+                                       (dict(), "dense"), (dict(), "bsr2x2")])
+def test_depthwise_before_left_alone(tools, case, proj):
+    from sparsec.passes.fuse_depthwise import match_depthwise_before
+
+    lm, plan = run(tools, first_block(tools, **case), proj=proj)
+    assert "Conv" in tools.op_types(lm) and plan.entries[0].depthwise is None
+    if proj == "chw-spmm":
+        (node,) = tools.sparse_nodes(lm)
+        assert "has another use" in match_depthwise_before(node)

@@ -12,8 +12,8 @@ bias ``[out]`` if the epilogue has "bias", residual (Y's shape) if it has "resid
 then Y. SparseLinear: X ``[rows, in]`` and Y ``[rows, out]`` (the lowering flattens leading
 dims); SparseConv: X ``[N, C, H, W]`` and Y ``[N, O, OH, OW]``. The PrimFunc carries
 ``tirx.is_scheduled`` so no later schedule rule touches it. A SparseConv with a fused
-depthwise conv (``spec.depthwise``) is keyed ``dw:<kind>`` and takes ``dw_weight`` and
-``dw_bias`` after bias (``conv_dw``).
+depthwise conv (``spec.depthwise``, before or after the 1x1 conv) is keyed ``dw:<kind>``
+and takes ``dw_weight`` and ``dw_bias`` after bias and residual (``conv_dw``).
 """
 
 from __future__ import annotations

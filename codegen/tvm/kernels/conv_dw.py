@@ -1,4 +1,5 @@
-"""Fused sparse 1x1 expand conv + depthwise conv: the expanded tensor never leaves cache.
+"""Fused sparse 1x1 expand conv + depthwise conv (+ projection): the expanded tensor never
+leaves cache.
 
 ``D[n, e] = ep_d(dwconv(ep_e(sum_k We[e, k] * X[n, k]), Wd[e]))`` for an inverted-residual
 block's expand conv (``csr`` / ``chw-spmm`` weight ``We [E, C]``, 1x1, stride 1, no padding)
@@ -20,13 +21,27 @@ Z is cut into stride-phase planes like ``conv_geometry``'s shifted source: padde
 (pu, pv) lives in plane ``(pu % s, pv % s)`` at ``(pu // s, pv // s)``, so tap (i, j) of output
 pixel (oh, ow) reads plane ``(i % s, j % s)`` at ``(oh + i // s, ow + j // s)`` and a tile of
 whole wide rows (``Wq`` columns, the ones past ``OW`` computed and dropped) is one contiguous
-run per tap. The stride-2 scatter deinterleaves pairs of vectors with two shuffles.
+run per tap. The stride-2 scatter deinterleaves pairs of vectors with two shuffles, or,
+on images of ``DEINTERLEAVE_MIN_PIXELS`` and more, copies runs of an X deinterleaved once per
+image (``_Fused._scatter``).
+
+Row bands: with a fused projection, channel tasks each keep partial sums of all of it and
+add them up at the end. Where those outgrow L2 (``band_rows``), tasks run over bands of
+output rows instead: for each band, every channel's expand rows and halo go through a Z of
+the band's rows, the depthwise conv and the projection, whose sums for the band stay in
+cache and are stored with their epilogue when the band is done; no task adds up another's.
+
+Depthwise first (``spec.dw_before``, MobileNetV2's first block): there is no expand conv, Z
+takes X's channels as they are, and the node's own 1x1 conv is the projection. Its first
+block at 224x224 (32 channels at 112x112, 90% sparse projection to 16) took 0.62 ms as
+TVM's depthwise conv and a chw-spmm kernel, about 0.2-0.28 ms fused.
 
 Knobs: ``vector_lanes``, ``threads`` (as ``conv``), ``tile_lanes`` (pixels per tile, both
 loops), ``expand_lanes`` (pixels per expand tile only; overrides ``tile_lanes`` there),
 ``pad_rows`` (copy each image's X with its rows padded to whole vectors; default: when the
 expand tiles of the rows as they are would not keep their accumulators in registers),
-``tasks_per_core`` (channel blocks are split into this many tasks per core). On
+``tasks_per_core`` (channel blocks are split into this many tasks per core), ``band_rows``
+(0: channel tasks), ``deinterleave`` (stride 2: copy X's rows deinterleaved). On
 MobileNetV2-224 at 90%, tile_lanes 32/64/128 and tasks_per_core 2/4/8 measured within noise.
 At 0% (dense expand, AVX2, Zen 3, kernels A/B in one process, before rows were padded) the
 expand tile mattered and no single width won: ``expand_lanes`` 8 against the default 16
@@ -37,7 +52,7 @@ was 1.18-1.25x at 14x14 (64->384, 96->576), 0.97-1.08x at 28x28 and 0.5x at 7x7
 Padded rows: a dense expand tile is 6 channels times a run of pixels. A 7x7 or 14x14 image
 has rows of 7 or 14, runs of 14 that ``vloop`` cuts into vectors of 8, 4 and 2: 18
 accumulators, which AVX2's 16 registers cannot hold. With each image's X copied into rows of
-8 or 16 (``_pad_rows``, once per image before the parallel loop), a tile is whole vectors,
+8 or 16 (``_copy_rows``, once per image before the parallel loop), a tile is whole vectors,
 and the padding lanes are computed and dropped. Measured on AVX2 (Zen 3), kernels A/B in one
 process: 160->960 at 7x7 1.70-1.86x, 64->384 and 96->576 at 14x14 1.6-1.8x; 28x28 and
 larger are not padded (0.9x when forced at 28x28). MobileNetV2-224 at 0% went from
@@ -64,6 +79,9 @@ from sparsec.ops import SparseOpSpec
 from sparsec.plan import ConvAttrs
 
 TASKS_PER_CORE = 4  # channel ranges per core (each task zeroes its own Z once per image)
+DEINTERLEAVE_MIN_PIXELS = 56 * 56  # stride 2 over larger images: X's rows deinterleaved
+BAND_MIN_PART_BYTES = 256 << 10  # a projection's sums beyond this: tasks over row bands
+BAND_PART_BYTES = 128 << 10  # a band's projection sums at most
 
 
 @dataclass(frozen=True)
@@ -85,14 +103,6 @@ class DwGeometry:
     hq: int  # plane rows
     wq: int  # plane columns
 
-    @property
-    def plane(self) -> int:
-        return self.hq * self.wq
-
-    @property
-    def z_size(self) -> int:
-        # rows-mode tiles read up to (kw - 1) // s past a plane's end (junk columns)
-        return self.s * self.s * self.plane + self.wq + 64
 
 
 def dw_geometry(dw: ConvAttrs, in_shape, e: int, entry: str) -> DwGeometry:
@@ -143,35 +153,88 @@ def _tile_registers(h: int, w: int, budget: int, vl: int) -> int:
     return max(sum(-(-m // vl) for _, m in pow2_pieces(width)) for width in widths)
 
 
-def _pad_rows(xf, xp, g: DwGeometry, n, wp: int, vl: int) -> None:
-    """xp[c, u, :] = X[n, c, u, :] followed by zeros up to ``wp`` (parallel over channels)."""
+def _copy_rows(xf, xp, g: DwGeometry, n, wp: int, vl: int, deinterleave: bool) -> None:
+    """xp[c, u, :] = X[n, c, u, :] followed by zeros up to ``wp`` (parallel over channels);
+    ``deinterleave``: the row's even columns first, then its odd ones (``_Fused._scatter``)."""
     p = g.h * g.w
     with T.parallel(g.c) as c:
         with T.serial(g.h) as u:
             src = T.Bind(n * (g.c * p) + c * p + u * g.w)
             dst = T.Bind((c * g.h + u) * wp)
-            vloop(g.w, lambda l: T.buffer_store(xp, xf[src + l], [dst + l]), chunk=vl)
+            if not deinterleave:
+                vloop(g.w, lambda l: T.buffer_store(xp, xf[src + l], [dst + l]), chunk=vl)
+            else:
+                half = g.w // 2
+                for par in (0, 1):
+                    _deinterleave(xp, T.Bind(dst + par * half), xf, src + par, half, vl)
             vloop(wp - g.w, lambda l: T.buffer_store(xp, tirx.const(0.0, F32),
                                                      [dst + g.w + l]))
 
 
+def _deinterleave(dst, d0, src, s0, count: int, vl: int) -> None:
+    """dst[d0 + i] = src[s0 + 2 i] for i < count: pairs of vectors, one shuffle each (LLVM
+    lowers a shuffle wider than one vector partly lane by lane on AVX2)."""
+
+    def piece(i, m: int) -> None:
+        if m == 1:
+            T.buffer_store(dst, src[s0 + 2 * i], [d0 + i])
+            return
+        # two m-lane vectors from s0 + 2i hold the lanes wanted at 0, 2, 4, ...
+        pair = [src[T.Ramp(s0 + 2 * i, 1, m)], src[T.Ramp(s0 + 2 * i + m, 1, m)]]
+        T.buffer_store(dst, tirx.Shuffle(pair, [2 * j for j in range(m)]),
+                       [T.Ramp(d0 + i, 1, m)])
+
+    full, rest = divmod(count, vl)
+    if full:
+        with T.serial(full) as b:
+            piece(b * vl, vl)
+    for start, m in pow2_pieces(rest, full * vl):
+        piece(start, m)
+
+
+def band_rows(g: DwGeometry, o_out: int, cores: int, knobs: dict) -> int:
+    """Output rows per band when tasks run over row bands (0: tasks run over channels).
+
+    Channel tasks each keep partial sums of the whole projection, ``O x OH x OW`` floats
+    per task, and add them up at the end; past ``BAND_MIN_PART_BYTES`` those no longer stay
+    in L2. Bands keep ``O x R x OW`` of them, all a band's channels added in place, at the
+    price of computing the expand conv's halo rows once per band. R is the largest divisor
+    of OH whose sums fit ``BAND_PART_BYTES`` and that leaves every core two bands."""
+    if "band_rows" in knobs:
+        r = int(knobs["band_rows"])
+        if r and g.oh % r:
+            raise CompileError(f"codegen/tvm: band_rows {r} does not divide {g.oh} rows")
+        return r
+    if o_out * g.oh * g.ow * 4 <= BAND_MIN_PART_BYTES:
+        return 0
+    fits = [r for r in range(2, g.oh + 1) if g.oh % r == 0 and g.oh // r >= 2 * cores
+            and o_out * r * g.ow * 4 <= BAND_PART_BYTES]
+    # whole rounds of bands over the cores first, then the widest band
+    return max(fits, key=lambda r: ((g.oh // r) % cores == 0, r), default=0)
+
+
 def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
           knobs=None) -> tirx.PrimFunc:
-    """PrimFunc ``(x, <arrays>, [bias], dw_weight, [dw_bias], [pj_bias], [pj_residual], y)``
-    of a SparseConv with ``spec.depthwise`` (and maybe ``spec.project``; then ``<arrays>``
-    end with the projection's pj_values, pj_rows, pj_colptr and Y has its channels)."""
+    """PrimFunc of a SparseConv with ``spec.depthwise``:
+    after (``dw_before`` false): ``(x, <arrays>, [bias], dw_weight, [dw_bias], [pj_bias],
+    [pj_residual], y)``, with a projection ``<arrays>`` ending in its pj_values, pj_rows,
+    pj_colptr and Y having its channels;
+    before: ``(x, pj_values, pj_rows, pj_colptr, [bias], [residual], dw_weight, [dw_bias],
+    y)``: the depthwise conv reads X and the node's own 1x1 conv is the projection."""
     knobs = dict(knobs or {})
     vl = simd_lanes(target, knobs)
-    dw_steps = spec.dw_epilogue
+    before = spec.dw_before
+    pj = spec if before else spec.project
     c = spec.conv
     if (tuple(c.kernel_shape) != (1, 1) or tuple(c.strides) != (1, 1) or any(c.pads)
-            or c.group != 1 or spec.has_residual):
+            or c.group != 1 or (spec.has_residual and not before)):
         raise CompileError(f"codegen/tvm: SparseConv {spec.entry}: a fused depthwise conv "
                            f"needs a 1x1 conv with stride 1, no padding and no residual")
     if int(in_shape[1]) != spec.in_features:
         raise CompileError(f"codegen/tvm: SparseConv {spec.entry}: input has {in_shape[1]} "
                            f"channels, the weight in_features {spec.in_features}")
-    g = dw_geometry(spec.depthwise, in_shape, spec.out_features, spec.entry)
+    e = spec.in_features if before else spec.out_features
+    g = dw_geometry(spec.depthwise, in_shape, e, spec.entry)
     dense = "w" in arrays
     rows = arrays["w"].shape[2] if dense else 1  # channels per block (sharing X's loads)
     budget = int(knobs.get("tile_lanes", 4 * vl))
@@ -185,21 +248,17 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
     # rows of X padded to whole vectors (see ``_Fused.expand``) when the expand tiles of
     # the rows as they are would not keep their accumulators in registers
     spills = rows * _tile_registers(g.h, g.w, e_budget, vl) > acc_vectors(vl)
-    pad = bool(knobs.get("pad_rows", spills)) and g.w % vl != 0
+    pad = bool(knobs.get("pad_rows", spills and not before)) and g.w % vl != 0
     wp = _round_up(g.w, vl) if pad else g.w
+    deinterleave = g.s == 2 and bool(knobs.get(
+        "deinterleave", pad or g.h * g.w >= DEINTERLEAVE_MIN_PIXELS))  # ``_Fused._scatter``
+    copy = pad or deinterleave
     cores = _cores(target, knobs)
     blocks = -(-g.e // rows)
-    pj = spec.project
-    # with a projection every task keeps partial sums of all of it: one task per core
-    tasks = max(1, min(blocks, cores if pj else
-                       int(knobs.get("tasks_per_core", TASKS_PER_CORE)) * cores))
-    per = -(-blocks // tasks)
-    tasks = -(-blocks // per)
-    has_bias = spec.has_bias
-    has_dw_bias = spec.has_dw_bias
+    o_out = pj.out_features if pj else g.e
+    band = band_rows(g, o_out, cores, knobs) if pj else 0
     p = g.h * g.w
     px = g.oh * g.ow
-    o_out = pj.out_features if pj else g.e
     y_shape = (g.n, o_out, g.oh, g.ow)
     with IRBuilder() as ib:
         with T.prim_func():
@@ -207,62 +266,138 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
             x = T.arg("x", T.buffer((g.n, g.c, g.h, g.w), F32))
             bufs = {name: T.arg(name, T.buffer(a.shape, str(a.dtype)))
                     for name, a in arrays.items()}
-            bias = T.arg("bias", T.buffer((g.e,), F32)) if has_bias else None
+            bias = pj_bias = res = None
+            if before:
+                pj_bias = T.arg("bias", T.buffer((o_out,), F32)) if spec.has_bias else None
+                res = T.arg("residual", T.buffer(y_shape, F32)) if spec.has_residual else None
+            elif spec.has_bias:
+                bias = T.arg("bias", T.buffer((g.e,), F32))
             bufs["dw_weight"] = T.arg("dw_weight", T.buffer((g.e, 1, g.kh, g.kw), F32))
-            dbias = T.arg("dw_bias", T.buffer((g.e,), F32)) if has_dw_bias else None
-            pj_bias = pj_res = None
-            if pj is not None and pj.has_bias:
-                pj_bias = T.arg("pj_bias", T.buffer((o_out,), F32))
-            res = (T.arg("pj_residual", T.buffer(y_shape, F32))
-                   if pj is not None and pj.has_residual else None)
+            dbias = T.arg("dw_bias", T.buffer((g.e,), F32)) if spec.has_dw_bias else None
+            if not before and pj is not None:
+                if pj.has_bias:
+                    pj_bias = T.arg("pj_bias", T.buffer((o_out,), F32))
+                if pj.has_residual:
+                    res = T.arg("pj_residual", T.buffer(y_shape, F32))
             y = T.arg("y", T.buffer(y_shape, F32))
-            if res is not None:
-                pj_res = T.decl_buffer((g.n * o_out * px,), F32, data=res.data)
+            pj_res = None if res is None else T.decl_buffer((g.n * o_out * px,), F32,
+                                                            data=res.data)
             xf = T.decl_buffer((g.n * g.c * p,), F32, data=x.data)
             yf = T.decl_buffer((g.n * o_out * px,), F32, data=y.data)
-            part = T.decl_buffer((tasks * o_out * px,), F32) if pj else None
-            xp = T.decl_buffer((g.c * g.h * wp,), F32) if pad else None
-            k = _Fused(spec, g, vl, budget, e_budget, rows, bufs, xf if xp is None else xp,
-                       yf, bias, dbias, dw_steps, wp)
+            xp = T.decl_buffer((g.c * g.h * wp,), F32) if copy else None
+            k = _Fused(g, vl, budget, e_budget, rows, bufs, xf if xp is None else xp, yf,
+                       bias, dbias, [] if before else spec.epilogue, spec.dw_epilogue, pj,
+                       before, wp, copy, deinterleave, band or g.oh, pj_bias, pj_res)
             with T.serial(g.n) as n:
                 if xp is not None:
-                    _pad_rows(xf, xp, g, n, wp, vl)
-                with T.parallel(tasks) as t:
-                    z = T.decl_buffer((rows * g.z_size,), F32)
-                    vloop(rows * g.z_size,
-                          lambda l: T.buffer_store(z, tirx.const(0.0, F32), [l]), chunk=vl)
-                    if pj:
-                        d = T.decl_buffer((px,), F32)  # one channel of the depthwise output
-                        vloop(o_out * px, lambda l: T.buffer_store(
-                            part, tirx.const(0.0, F32), [t * (o_out * px) + l]), chunk=vl)
-                    lo = T.Bind(t * per)
-                    with span(lo, T.min(lo + per, blocks)) as blk:
-                        k.expand(z, n, blk)
-                        for rr in range(rows):
-                            ch = T.Bind(blk * rows + rr)
-
-                            def one(rr=rr, ch=ch):
-                                if pj:
-                                    k.depthwise(z, rr * g.z_size, ch, d, 0)
-                                    k.project(part, t, d, ch)
-                                else:
-                                    k.depthwise(z, rr * g.z_size, ch, yf,
-                                                T.Bind((n * g.e + ch) * px))
-
-                            if g.e % rows:
-                                with T.If(ch < g.e):
-                                    with T.Then():
-                                        one()
-                            else:
-                                one()
-                if pj:
-                    k.reduce(part, tasks, n, pj_bias, pj_res)
+                    _copy_rows(xf, xp, g, n, wp, vl, deinterleave)
+                if band:
+                    _emit_bands(k, n, blocks, cores)
+                else:
+                    _emit_channel_tasks(k, n, blocks, cores, knobs)
     return ib.get()
+
+
+def _zero(buf, size: int, vl: int, start=0) -> None:
+    vloop(size, lambda l: T.buffer_store(buf, tirx.const(0.0, F32), [start + l]), chunk=vl)
+
+
+def _channels(k: _Fused, blk, body) -> None:
+    """``body(rr, ch)`` for each channel of block ``blk`` (the last block's padding rows
+    skipped)."""
+    for rr in range(k.rows):
+        ch = T.Bind(blk * k.rows + rr)
+        if k.g.e % k.rows:
+            with T.If(ch < k.g.e):
+                with T.Then():
+                    body(rr, ch)
+        else:
+            body(rr, ch)
+
+
+def _emit_channel_tasks(k: _Fused, n, blocks: int, cores: int, knobs: dict) -> None:
+    """Tasks over channel ranges, each with its channels' whole planes in Z; with a
+    projection each task adds its channels' share into its own partial sums (``part``),
+    added up after the parallel loop."""
+    g, pj = k.g, k.pj
+    # with a projection every task keeps partial sums of all of it: one task per core
+    tasks = max(1, min(blocks, cores if pj else
+                       int(knobs.get("tasks_per_core", TASKS_PER_CORE)) * cores))
+    per = -(-blocks // tasks)
+    tasks = -(-blocks // per)
+    px = g.oh * g.ow
+    o_out = pj.out_features if pj else g.e
+    part = T.decl_buffer((tasks * o_out * px,), F32) if pj else None
+    with T.parallel(tasks) as t:
+        z = T.decl_buffer((k.rows * k.z_size,), F32)
+        _zero(z, k.rows * k.z_size, k.vl)
+        if pj:
+            d = T.decl_buffer((px,), F32)  # one channel of the depthwise output
+            _zero(part, o_out * px, k.vl, t * (o_out * px))
+        lo = T.Bind(t * per)
+        with span(lo, T.min(lo + per, blocks)) as blk:
+            k.expand(z, n, blk)
+
+            def one(rr, ch):
+                if pj:
+                    k.depthwise(z, rr * k.z_size, ch, d, 0)
+                    k.project(part, t * (o_out * px), d, ch, px)
+                else:
+                    k.depthwise(z, rr * k.z_size, ch, k.yf, T.Bind((n * g.e + ch) * px))
+
+            _channels(k, blk, one)
+    if pj:
+        with T.parallel(o_out) as o:
+            k.put(o, lambda l: _task_sum(part, tasks, o, o_out * px, px, l),
+                  T.Bind((n * o_out + o) * px), px)
+
+
+def _task_sum(part, tasks: int, o, stride: int, px: int, l):
+    acc = part[o * px + l]
+    for t in range(1, tasks):
+        acc = acc + part[t * stride + o * px + l]
+    return acc
+
+
+def _emit_bands(k: _Fused, n, blocks: int, cores: int) -> None:
+    """Tasks over bands of ``k.band`` output rows: for each band every channel's expand
+    rows (with the halo the depthwise taps need) go through Z, the depthwise conv and the
+    projection, whose sums for the band stay in ``part`` and are stored with its epilogue
+    when the band's last channel is done."""
+    g, r = k.g, k.band
+    bands = g.oh // r
+    per = -(-bands // cores)
+    tasks = -(-bands // per)
+    bpx = r * g.ow
+    o_out = k.pj.out_features
+    with T.parallel(tasks) as t:
+        z = T.decl_buffer((k.rows * k.z_size,), F32)
+        d = T.decl_buffer((bpx,), F32)
+        part = T.decl_buffer((o_out * bpx,), F32)
+        lo = T.Bind(t * per)
+        with span(lo, T.min(lo + per, bands)) as b:
+            # rows outside the image differ from band to band: zero Z for each
+            _zero(z, k.rows * k.z_size, k.vl)
+            _zero(part, o_out * bpx, k.vl)
+            oh0 = T.Bind(b * r)
+            pu0 = oh0 * g.s  # the band's first padded input row
+            u_lo = T.Bind(T.max(pu0 - g.pt, 0))
+            u_hi = T.Bind(T.min(pu0 + (r - 1) * g.s + g.kh - g.pt, g.h))
+            with T.serial(blocks) as blk:
+                k.expand(z, n, blk, (u_lo, u_hi, oh0))
+
+                def one(rr, ch):
+                    k.depthwise(z, rr * k.z_size, ch, d, 0)
+                    k.project(part, 0, d, ch, bpx)
+
+                _channels(k, blk, one)
+            with T.serial(o_out) as o:
+                k.put(o, lambda l: part[o * bpx + l],
+                      T.Bind((n * o_out + o) * (g.oh * g.ow) + oh0 * g.ow), bpx)
 
 
 @dataclass
 class _Fused:
-    spec: object
     g: DwGeometry
     vl: int
     budget: int  # lanes of a depthwise tile
@@ -273,43 +408,91 @@ class _Fused:
     yf: object
     bias: object
     dbias: object
+    steps: list  # the expand conv's epilogue
     dw_steps: list
-    wp: int  # row length of ``xf``: W, or W padded to whole vectors (``_pad_rows``)
+    pj: SparseOpSpec | None  # the projection
+    identity: bool  # no expand conv: Z takes X's channel as it is (depthwise before the 1x1)
+    wp: int  # row length of ``xf``: W, or W padded to whole vectors (``_copy_rows``)
+    copied: bool  # ``xf`` is one image's copy of X (``_copy_rows``), not X
+    deinterleaved: bool  # ... with each row's even columns first, then its odd ones
+    band: int  # output rows that Z holds: OH, or a band's (``band_rows``)
+    pj_bias: object = None
+    pj_res: object = None
+
+    @property
+    def hq(self) -> int:
+        """Rows of a Z plane: the band's rows and the ones below its taps reach."""
+        return self.g.hq if self.band == self.g.oh else self.band + (self.g.kh - 1) // self.g.s
+
+    @property
+    def plane(self) -> int:
+        return self.hq * self.g.wq
+
+    @property
+    def z_size(self) -> int:
+        # rows-mode tiles read up to (kw - 1) // s past a plane's end (junk columns)
+        return self.g.s * self.g.s * self.plane + self.g.wq + 64
 
     # ------------------------------------------------------------ expand: X -> Z interior
 
-    def expand(self, z, n, blk) -> None:
-        """E of the block's channels into their Z buffers (``z`` + channel * z_size).
+    def expand(self, z, n, blk, band=None) -> None:
+        """E of the block's channels into their Z buffers (``z`` + channel * z_size); with
+        ``band`` = (first image row, end row, the band's first output row), those rows only,
+        one at a time.
 
         Tiles are whole rows of X when they fit the budget, else segments of a row. With
         ``wp > W`` (padded rows) every tile is whole vectors, the lanes past W computed and
         dropped. Unpadded, a row of 14 is a vector of 8, one of 4 and one of 2, and 6
         channels of those take 18 accumulators: more than AVX2's 16 registers."""
         g, wp = self.g, self.wp
-        mode = _tiles(g.h, wp, self.e_budget)
-        if mode[0] == "rows":
-            _row_tiles(mode, lambda u0, r: self._expand_tile(z, n, blk, u0, r, 0, g.w))
+        if band is None:
+            mode, row0 = _tiles(g.h, wp, self.e_budget), 0
+            if mode[0] == "rows":
+                _row_tiles(mode, lambda u0, r: self._expand_tile(z, n, blk, u0, r, 0, g.w,
+                                                                 row0=0))
+                return
+            lo, hi = 0, g.h
         else:
-            with T.serial(g.h) as u:
-                for c0, width in mode[1]:
-                    if c0 < g.w:  # a segment only of padding has nothing to compute
-                        self._expand_tile(z, n, blk, u, 1, c0, min(width, g.w - c0), width)
+            lo, hi, row0 = band
+            mode = _tiles(1, wp, self.e_budget)
+            if mode[0] == "rows":
+                with span(lo, hi) as u:
+                    self._expand_tile(z, n, blk, u, 1, 0, g.w, row0=row0)
+                return
+        with span(lo, hi) as u:
+            for c0, width in mode[1]:
+                if c0 < g.w:  # a segment only of padding has nothing to compute
+                    self._expand_tile(z, n, blk, u, 1, c0, min(width, g.w - c0), width,
+                                      row0=row0)
 
     def _expand_tile(self, z, n, blk, u0, rows: int, v0: int, cols: int,
-                     seg: int | None = None) -> None:
+                     seg: int | None = None, row0=0) -> None:
         """E[block's channels, u0:u0+rows, v0:v0+cols] (a contiguous run of ``xf``'s pixels,
         each row ``seg`` wide (default: a whole row of ``xf``, ``wp``) of which the first
-        ``cols`` are stored)."""
+        ``cols`` are stored) into Z, whose planes start at output row ``row0``."""
         g, nr = self.g, self.rows
         colsp = self.wp if seg is None else seg
         width = rows * colsp
         p = g.h * self.wp
-        acc = T.decl_buffer((nr * width,), F32, scope="local")
         stage = T.decl_buffer((width + 2 * self.vl,), F32, scope="local")
-        vloop(nr * width, lambda l: T.buffer_store(acc, tirx.const(0.0, F32), [l]))
         # the padded copy holds one image; X itself all of them
-        base = T.Bind((0 if self.wp != g.w else n * (g.c * p)) + u0 * self.wp + v0)
+        base = T.Bind((0 if self.copied else n * (g.c * p)) + u0 * self.wp + v0)
         xf = self.xf
+
+        def scatter(rr):
+            for r in range(rows):
+                pu = T.Bind(u0 + r + g.pt)
+                row = T.Bind(rr * self.z_size + pu % g.s * (g.s * self.plane)
+                             + (pu // g.s - row0) * g.wq)
+                self._scatter(z, row, stage, r * colsp, v0, cols)
+
+        if self.identity:  # one channel per block
+            src = T.Bind(base + blk * p)
+            vloop(width, lambda l: T.buffer_store(stage, xf[src + l], [l]))
+            scatter(0)
+            return
+        acc = T.decl_buffer((nr * width,), F32, scope="local")
+        vloop(nr * width, lambda l: T.buffer_store(acc, tirx.const(0.0, F32), [l]))
         if "w" in self.bufs:  # dense [blocks, C, rows]: each X run feeds every row
             wp = self.bufs["w"]
             with T.serial(g.c) as kk:
@@ -332,22 +515,38 @@ class _Fused:
             else:
                 b = self.bias[T.min(ch, g.e - 1) if g.e % nr else ch]  # padding rows: unused
             vloop(width, lambda l: T.buffer_store(
-                stage, epi.emit(acc[rr * width + l], self.spec.epilogue, bias=b), [l]))
-            for r in range(rows):
-                pu = T.Bind(u0 + r + g.pt)
-                row = T.Bind(rr * g.z_size + pu % g.s * (g.s * g.plane) + pu // g.s * g.wq)
-                self._scatter(z, row, stage, r * colsp, v0, cols)
+                stage, epi.emit(acc[rr * width + l], self.steps, bias=b), [l]))
+            scatter(rr)
 
     def _scatter(self, z, row, stage, s0: int, v0: int, cols: int) -> None:
-        """Z[plane row of ``row``] <- stage[s0 : s0 + cols], E's columns v0.. of one row."""
+        """Z[plane row of ``row``] <- stage[s0 : s0 + cols], E's columns v0.. of one row of
+        ``xf``. At stride 2 the row's even and odd pixels go to two column phases' planes:
+        deinterleaved by shuffles, or, when ``xf`` holds X's rows deinterleaved already
+        (even columns, then odd ones: ``_copy_rows``), as two contiguous runs. A 1x1 conv
+        keeps any order of pixels, so deinterleaving X's C channels once per image saves
+        shuffling E expanded ones: on MobileNetV2-224 at 90% (AVX2, Zen 3, A/B in one
+        process) 1.29x for 16->96 at 112x112 and 1.22x for 24->144 at 56x56, but 0.90x at
+        28x28 and 14x14, where the copy's own parallel loop costs more than it saves. Hence
+        ``DEINTERLEAVE_MIN_PIXELS``, unless the rows are copied anyway (padded)."""
         g = self.g
         if g.s == 1:
             col = row + v0 + g.pl
             vloop(cols, lambda l: T.buffer_store(z, stage[s0 + l], [col + l]))
             return
+        if self.deinterleaved:
+            half = g.w // 2
+            for par, lo in ((0, 0), (1, half)):
+                a, b = max(v0, lo), min(v0 + cols, lo + half)
+                if a >= b:
+                    continue
+                pv = 2 * (a - lo) + par + g.pl  # padded column of the run's first pixel
+                dst = T.Bind(row + (pv % 2) * self.plane + pv // 2)
+                src = s0 + a - v0
+                vloop(b - a, lambda l: T.buffer_store(z, stage[src + l], [dst + l]))
+            return
         for par in (0, 1):
             pv = v0 + par + g.pl
-            dst = T.Bind(row + (pv % 2) * g.plane + pv // 2)
+            dst = T.Bind(row + (pv % 2) * self.plane + pv // 2)
             count = (cols - par + 1) // 2
             for t0, m in pow2_pieces(count):
                 src = s0 + par + 2 * t0
@@ -362,48 +561,41 @@ class _Fused:
     # ------------------------------------------------------------ depthwise: Z -> D
 
     def depthwise(self, z, z0: int, ch, out, ybase) -> None:
-        """D[ch] from channel ch's Z (at ``z0``) into ``out[ybase:]`` (OH x OW)."""
+        """D[ch] from channel ch's Z (at ``z0``) into ``out[ybase:]`` (the band's rows x
+        OW)."""
         g = self.g
-        mode = _tiles(g.oh, g.wq, self.budget)
+        mode = _tiles(self.band, g.wq, self.budget)
         if mode[0] == "rows":
             _row_tiles(mode, lambda u0, r: self._dw_rows(z, z0, ch, out, ybase, u0, r))
         else:
             segs = [(c0, min(self.budget, g.ow - c0)) for c0 in range(0, g.ow, self.budget)]
-            with T.serial(g.oh) as oh:
+            with T.serial(self.band) as oh:
                 for c0, width in segs:
                     acc = self._taps(z, ch, T.Bind(z0 + oh * g.wq + c0), width)
                     yoff = T.Bind(ybase + oh * g.ow + c0)
                     vloop(width, lambda l: T.buffer_store(out, self._ep(acc[l], ch),
                                                           [yoff + l]))
 
-    def project(self, part, t, d, ch) -> None:
-        """part[t, o] += W_pj[o, ch] * D[ch] for the projection's nonzeros in column ch."""
-        px = self.g.oh * self.g.ow
+    def project(self, part, base0, d, ch, px: int) -> None:
+        """part[base0 + o * px:][:px] += W_pj[o, ch] * D[ch] for the projection's nonzeros
+        in column ch."""
         b = self.bufs
-        o_total = self.spec.project.out_features
         with span(b["pj_colptr"][ch], b["pj_colptr"][ch + 1]) as j:
-            base = T.Bind((t * o_total + _i32(b["pj_rows"][j])) * px)
+            base = T.Bind(base0 + _i32(b["pj_rows"][j]) * px)
             wv = T.Bind(b["pj_values"][j])
             vloop(px, lambda l: T.buffer_store(part, part[base + l] + wv * d[l], [base + l]),
                   chunk=4 * self.vl)
 
-    def reduce(self, part, tasks: int, n, pj_bias, pj_res) -> None:
-        """Y[n] = pj_epilogue(sum over tasks of part[t]), parallel over output channels."""
-        px = self.g.oh * self.g.ow
-        o_total = self.spec.project.out_features
-        with T.parallel(o_total) as o:
-            yb = T.Bind((n * o_total + o) * px)
+    def put(self, o, sums, yb, width: int) -> None:
+        """Y[yb : yb + width] = pj_epilogue(sums(l)) of output channel ``o``."""
 
-            def put(l):
-                acc = part[o * px + l]
-                for t in range(1, tasks):
-                    acc = acc + part[(t * o_total + o) * px + l]
-                value = epi.emit(acc, self.spec.project.epilogue,
-                                 bias=pj_bias[o] if pj_bias is not None else None,
-                                 residual=pj_res[yb + l] if pj_res is not None else None)
-                T.buffer_store(self.yf, value, [yb + l])
+        def store(l):
+            value = epi.emit(sums(l), self.pj.epilogue,
+                             bias=self.pj_bias[o] if self.pj_bias is not None else None,
+                             residual=self.pj_res[yb + l] if self.pj_res is not None else None)
+            T.buffer_store(self.yf, value, [yb + l])
 
-            vloop(px, put, chunk=4 * self.vl)
+        vloop(width, store, chunk=4 * self.vl)
 
     def _taps(self, z, ch, q0, width: int):
         g, wd = self.g, self.bufs["dw_weight"]
@@ -411,7 +603,7 @@ class _Fused:
         vloop(width, lambda l: T.buffer_store(acc, tirx.const(0.0, F32), [l]))
         for i in range(g.kh):
             for j in range(g.kw):
-                shift = ((i % g.s) * g.s + j % g.s) * g.plane + (i // g.s) * g.wq + j // g.s
+                shift = ((i % g.s) * g.s + j % g.s) * self.plane + (i // g.s) * g.wq + j // g.s
                 wv = T.Bind(wd[ch, 0, i, j])
                 off = T.Bind(q0 + shift)
                 vloop(width, lambda l: T.buffer_store(acc, acc[l] + wv * z[off + l], [l]))
@@ -432,27 +624,34 @@ class _Fused:
             vloop(g.ow, lambda l: T.buffer_store(out, stage[r * g.wq + l], [yoff + l]))
 
 
+def _column_major(pj: SparseOpSpec, packed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A 1x1 projection's weight by input channel: for each channel c, its nonzeros' output
+    rows and values (``pj_colptr`` [C + 1], ``pj_rows``, ``pj_values``), the order
+    ``_Fused.project`` walks."""
+    w = unpack(Packed(pj.layout, (pj.out_features, pj.in_features), packed))
+    cols, rows = np.nonzero(w.T)
+    colptr = np.zeros(pj.in_features + 1, np.int32)
+    np.cumsum(np.bincount(cols, minlength=pj.in_features), out=colptr[1:])
+    return {"pj_values": np.ascontiguousarray(w.T[cols, rows] if cols.size else
+                                              np.zeros(1, np.float32)),
+            "pj_rows": (rows if rows.size else np.zeros(1, np.int64)).astype(
+                index_dtype(pj.out_features - 1)),
+            "pj_colptr": colptr}
+
+
 def _with_projection(prepare):
     """``prepare`` for the expand conv's arrays, plus the projection's (``pj_*`` keys)
-    turned column-major: for each input channel c, its nonzeros' output rows and values
-    (``pj_colptr`` [E + 1], ``pj_rows``, ``pj_values``), the order ``project`` walks."""
+    turned column-major; a depthwise conv before the node's 1x1 conv makes that conv the
+    projection, its arrays only column-major."""
 
     def run(spec: SparseOpSpec, arrays: dict[str, np.ndarray], target):
+        if spec.dw_before:
+            return _column_major(spec, arrays)
         own = {k: v for k, v in arrays.items() if not k.startswith("pj_")}
         out = prepare(spec, own, target)
-        pj = spec.project
-        if pj is None:
-            return out
-        packed = {k[3:]: v for k, v in arrays.items() if k.startswith("pj_")}
-        w = unpack(Packed(pj.layout, (pj.out_features, pj.in_features), packed))
-        cols, rows = np.nonzero(w.T)
-        colptr = np.zeros(pj.in_features + 1, np.int32)
-        np.cumsum(np.bincount(cols, minlength=pj.in_features), out=colptr[1:])
-        out["pj_values"] = np.ascontiguousarray(w.T[cols, rows] if cols.size else
-                                                np.zeros(1, np.float32))
-        out["pj_rows"] = (rows if rows.size else np.zeros(1, np.int64)).astype(
-            index_dtype(pj.out_features - 1))
-        out["pj_colptr"] = colptr
+        if spec.project is not None:
+            out.update(_column_major(spec.project, {k[3:]: v for k, v in arrays.items()
+                                                    if k.startswith("pj_")}))
         return out
 
     return run

@@ -10,7 +10,7 @@ import pytest
 import torch
 import tvm
 
-from sparsec.codegen.tvm.kernels import kernel_for
+from sparsec.codegen.tvm.kernels import conv_dw, kernel_for
 from sparsec.errors import CompileError
 from sparsec.formats import pack
 from sparsec.ops import SparseOpSpec, apply_epilogue
@@ -163,6 +163,101 @@ def test_fused_projection(case):
     shape, e, stride, layout, project, knobs = case
     out, ref = _run(shape, e, stride, layout=layout, project=project, knobs=knobs,
                     zero_rows=(1,))
+    np.testing.assert_allclose(out, ref, **TOL)
+
+
+@pytest.mark.parametrize("case", [
+    ((1, 6, 11, 10), 9, (0, 0, 1, 1), (3, 3), "chw-spmm", {}),  # odd height, no left pad
+    ((1, 6, 10, 12), 9, (2, 2, 2, 2), (5, 5), "csr", {}),  # 5x5: an even left pad
+    ((1, 8, 20, 30), 16, (1, 1, 1, 1), (3, 3), "csr", {"tile_lanes": 12}),  # segments
+    ((2, 8, 14, 14), 20, (1, 1, 1, 1), (3, 3), "dense", {"pad_rows": True}),  # padded too
+    ((1, 4, 1, 2), 3, (1, 1, 1, 1), (3, 3), "csr", {}),  # one pixel per half
+], ids=str)
+def test_deinterleaved_rows(case):
+    """Stride 2 with X's rows copied even columns first, then odd ones (knob
+    ``deinterleave``): each half goes to its column phase's plane as one run."""
+    shape, e, pads, kernel, layout, knobs = case
+    out, ref = _run(shape, e, 2, pads, kernel, layout=layout, density=0.5,
+                    knobs={"deinterleave": True, **knobs})
+    np.testing.assert_allclose(out, ref, **TOL)
+
+
+@pytest.mark.parametrize("case", [
+    ((1, 8, 28, 28), 24, 1, "chw-spmm", {"band_rows": 4}),  # 7 bands over 2 tasks
+    ((2, 6, 20, 24), 12, 2, "csr", {"band_rows": 2, "threads": 3}),  # 5 bands, 2 images
+    ((1, 8, 16, 16), 20, 1, "dense", {"band_rows": 8}),  # blocks of 6 channels
+    ((1, 8, 16, 16), 20, 2, "dense", {"band_rows": 1}),
+    ((1, 16, 112, 112), 24, 2, "chw-spmm", {}),  # bands by default, rows deinterleaved
+], ids=str)
+def test_bands(case):
+    """Tasks over bands of output rows: each band computes its expand rows and halo into
+    Z and adds every channel into its own projection sums."""
+    shape, e, stride, layout, knobs = case
+    out, ref = _run(shape, e, stride, layout=layout, density=0.5 if layout != "dense" else 1,
+                    knobs=knobs, project=(8, "csr", 0.3, ("bias", "residual")), zero_rows=(1,))
+    np.testing.assert_allclose(out, ref, **TOL)
+
+
+def test_band_choice():
+    """Bands only where a task's sums of the whole projection outgrow L2; of two rows or
+    more, dividing OH, every core the same number of bands where one divides."""
+    g = conv_dw.dw_geometry(ConvAttrs((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 32),
+                            (1, 32, 112, 112), 32, "e")
+    assert conv_dw.band_rows(g, 16, 2, {}) == 14  # 8 bands of 16 x 14 x 112 floats
+    assert conv_dw.band_rows(g, 4, 2, {}) == 0  # 4 x 112 x 112 floats fit
+    assert conv_dw.band_rows(g, 16, 2, {"band_rows": 7}) == 7
+    with pytest.raises(CompileError, match="band_rows 5 does not divide 112"):
+        conv_dw.band_rows(g, 16, 2, {"band_rows": 5})
+
+
+def _run_before(x_shape, o, stride=1, pads=(1, 1, 1, 1), kernel=(3, 3), layout="chw-spmm",
+                density=0.3, steps=(EpilogueStep("bias"), EpilogueStep("residual")),
+                dw_steps=(EpilogueStep("bias"), RELU6), knobs=None):
+    """A depthwise conv before the node's own 1x1 conv (``dw_before``): the projection."""
+    rng = np.random.default_rng(2)
+    n, c, h, w = x_shape
+    wp = (rng.standard_normal((o, c)) * (rng.random((o, c)) < density)).astype(np.float32)
+    packed = pack(wp, layout)
+    spec = SparseOpSpec("SparseConv", layout, o, c, "project", list(steps), list(packed.arrays),
+                        ConvAttrs((1, 1)), ConvAttrs(kernel, (stride, stride), pads, (1, 1), c),
+                        list(dw_steps), dw_before=True)
+    kd = kernel_for(spec)
+    arrays = kd.prepare(spec, dict(packed.arrays), HOST)
+    func = kd.build(spec, x_shape, arrays, HOST, knobs or {})
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), HOST)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    wd = rng.standard_normal((c, 1, *kernel)).astype(np.float32)
+    dw_bias, bias = rng.standard_normal(c).astype(np.float32), rng.standard_normal(o).astype(
+        np.float32)
+    pt, pl, pb, pr = pads
+    xp = torch.nn.functional.pad(torch.from_numpy(x), (pl, pr, pt, pb))
+    mid = torch.nn.functional.conv2d(xp, torch.from_numpy(wd), stride=stride, groups=c).numpy()
+    mid = apply_epilogue(mid, spec.dw_epilogue, dw_bias, channel_axis=1)
+    ref = np.einsum("oc,nchw->nohw", wp.astype(np.float64), mid.astype(np.float64))
+    res = rng.standard_normal(ref.shape).astype(np.float32)
+    ref = apply_epilogue(ref, spec.epilogue, bias, res, channel_axis=1)
+    args = [x, *arrays.values()] + ([bias] if spec.has_bias else [])
+    args += ([res] if spec.has_residual else []) + [wd] + ([dw_bias] if spec.has_dw_bias else [])
+    args.append(np.full(ref.shape, np.nan, np.float32))
+    tensors = [tvm.runtime.tensor(a) for a in args]
+    lib["main"](*tensors)
+    return tensors[-1].numpy(), ref
+
+
+@pytest.mark.parametrize("case", [
+    ((1, 32, 112, 112), 16, 1, "chw-spmm", {}),  # MobileNetV2's first block: bands
+    ((1, 32, 48, 48), 16, 1, "csr", {}),  # channel tasks
+    ((2, 6, 20, 24), 5, 2, "csr", {"band_rows": 2, "threads": 3}),
+    ((1, 6, 20, 24), 5, 2, "chw-spmm", {"band_rows": 0, "deinterleave": True}),
+    ((1, 6, 9, 14), 7, 1, "csr", {"pad_rows": True}),
+], ids=str)
+def test_depthwise_before(case):
+    """No expand conv: Z takes X's channels as they are, and the 1x1 conv is the node's."""
+    shape, o, stride, layout, knobs = case
+    out, ref = _run_before(shape, o, stride, layout=layout, knobs=knobs)
+    np.testing.assert_allclose(out, ref, **TOL)
+    out, ref = _run_before(shape, o, stride, layout=layout, knobs=knobs, steps=(),
+                           dw_steps=(), density=0.0)  # nothing to add, nothing fused
     np.testing.assert_allclose(out, ref, **TOL)
 
 
