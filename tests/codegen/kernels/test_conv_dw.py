@@ -157,9 +157,12 @@ def test_vector_widths(mcpu, flag):
     ((2, 8, 14, 14), 26, 2, "dense", (16, "chw-spmm", 0.2, ("bias",)), {}),
     ((1, 4, 9, 10), 12, 2, "csr", (5, "csr", 1.0, ("residual", "relu")), {"threads": 3}),
     ((1, 4, 7, 7), 12, 1, "csr", (6, "csr", 0.0, ()), {}),  # an empty projection
+    ((1, 8, 14, 14), 150, 1, "csr", (16, "csr", 0.2, ("bias",)), {}),  # groups 64, 64, 22
+    ((1, 8, 14, 14), 140, 2, "dense", (12, "csr", 0.2, ()), {"threads": 3}),  # 66, 66, 8
 ], ids=str)
 def test_fused_projection(case):
-    """The block's 1x1 projection accumulated per task and summed across tasks."""
+    """The block's 1x1 projection accumulated per task and summed across tasks, a group
+    of channels at a time."""
     shape, e, stride, layout, project, knobs = case
     out, ref = _run(shape, e, stride, layout=layout, project=project, knobs=knobs,
                     zero_rows=(1,))
@@ -188,6 +191,7 @@ def test_deinterleaved_rows(case):
     ((1, 8, 16, 16), 20, 1, "dense", {"band_rows": 8}),  # blocks of 6 channels
     ((1, 8, 16, 16), 20, 2, "dense", {"band_rows": 1}),
     ((1, 16, 112, 112), 24, 2, "chw-spmm", {}),  # bands by default, rows deinterleaved
+    ((1, 8, 12, 12), 100, 1, "csr", {"band_rows": 3}),  # two projection groups per band
 ], ids=str)
 def test_bands(case):
     """Tasks over bands of output rows: each band computes its expand rows and halo into
@@ -208,6 +212,32 @@ def test_band_choice():
     assert conv_dw.band_rows(g, 16, 2, {"band_rows": 7}) == 7
     with pytest.raises(CompileError, match="band_rows 5 does not divide 112"):
         conv_dw.band_rows(g, 16, 2, {"band_rows": 5})
+
+
+def test_grouped_projection_arrays():
+    """Segment q * O + o of pj_gptr holds row o's nonzeros among group q's channels, by
+    channel within the group; the groups round up to whole dense expand blocks and halve
+    for wide outputs."""
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((5, 70)) * (rng.random((5, 70)) < 0.3)).astype(np.float32)
+    w[2] = 0  # an empty row
+    spec = SparseOpSpec("SparseConv", "csr", 5, 70, "p", [], [], ConvAttrs((1, 1)))
+    got = conv_dw._grouped(spec, pack(w, "csr").arrays, 32)
+    gptr, cols, vals = got["pj_gptr"], got["pj_cols"], got["pj_values"]
+    assert gptr.shape == (3 * 5 + 1,) and cols.dtype == np.int16
+    back = np.zeros_like(w)
+    for q in range(3):
+        for o in range(5):
+            seg = slice(gptr[q * 5 + o], gptr[q * 5 + o + 1])
+            assert np.all(np.diff(cols[seg]) > 0)
+            back[o, q * 32 + cols[seg].astype(int)] = vals[seg]
+    np.testing.assert_array_equal(back, w)
+    dw = ConvAttrs((3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 96)
+    expand = SparseOpSpec("SparseConv", "csr", 96, 16, "e", [], [], ConvAttrs((1, 1)), dw)
+    assert conv_dw.group_channels(expand, False) == conv_dw.PROJECT_GROUP  # rows not known
+    expand.rows = 56 * 56 * 4  # 56x56 out at stride 2
+    assert conv_dw.group_channels(expand, False) == conv_dw.PROJECT_GROUP // 2
+    assert conv_dw.group_channels(expand, True) % 6 == 0
 
 
 def _run_before(x_shape, o, stride=1, pads=(1, 1, 1, 1), kernel=(3, 3), layout="chw-spmm",
