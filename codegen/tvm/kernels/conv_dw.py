@@ -184,22 +184,22 @@ def _copy_rows(xf, xp, g: DwGeometry, n, wp: int, vl: int, deinterleave: bool) -
             else:
                 half = g.w // 2
                 for par in (0, 1):
-                    _deinterleave(xp, T.Bind(dst + par * half), xf, src + par, half, vl)
+                    _deinterleave(xp, T.Bind(dst + par * half), xf, src, par, half, vl)
             vloop(wp - g.w, lambda l: T.buffer_store(xp, tirx.const(0.0, F32),
                                                      [dst + g.w + l]))
 
 
-def _deinterleave(dst, d0, src, s0, count: int, vl: int) -> None:
-    """dst[d0 + i] = src[s0 + 2 i] for i < count: pairs of vectors, one shuffle each (LLVM
-    lowers a shuffle wider than one vector partly lane by lane on AVX2)."""
+def _deinterleave(dst, d0, src, s0, par: int, count: int, vl: int) -> None:
+    """dst[d0 + i] = src[s0 + 2 i + par] for i < count: pairs of vectors, one shuffle each
+    (LLVM lowers a shuffle wider than one vector partly lane by lane on AVX2). The pair is
+    read from s0 + 2 i even for the odd lanes, so nothing past the row is read."""
 
     def piece(i, m: int) -> None:
         if m == 1:
-            T.buffer_store(dst, src[s0 + 2 * i], [d0 + i])
+            T.buffer_store(dst, src[s0 + 2 * i + par], [d0 + i])
             return
-        # two m-lane vectors from s0 + 2i hold the lanes wanted at 0, 2, 4, ...
         pair = [src[T.Ramp(s0 + 2 * i, 1, m)], src[T.Ramp(s0 + 2 * i + m, 1, m)]]
-        T.buffer_store(dst, tirx.Shuffle(pair, [2 * j for j in range(m)]),
+        T.buffer_store(dst, tirx.Shuffle(pair, [par + 2 * j for j in range(m)]),
                        [T.Ramp(d0 + i, 1, m)])
 
     full, rest = divmod(count, vl)

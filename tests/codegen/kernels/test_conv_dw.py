@@ -16,6 +16,7 @@ from sparsec.formats import pack
 from sparsec.ops import SparseOpSpec, apply_epilogue
 from sparsec.plan import ConvAttrs, EpilogueStep
 from sparsec.targets.cpu import cpu_flags, detect_host, tvm_target
+from sparsec.testing import guarded_tensor
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 HOST = tvm_target(detect_host())
@@ -25,7 +26,7 @@ RELU6 = EpilogueStep("clip", 0.0, 6.0)
 def _run(x_shape, e, stride=1, pads=(1, 1, 1, 1), kernel=(3, 3), layout="chw-spmm",
          density=0.3, steps=(EpilogueStep("bias"), RELU6),
          dw_steps=(EpilogueStep("bias"), RELU6), target=HOST, knobs=None, zero_rows=(),
-         project=None):
+         project=None, guard="end"):
     """``project``: (out channels, layout, density, epilogue step names) of a fused
     projection, or None."""
     rng = np.random.default_rng(1)
@@ -70,7 +71,7 @@ def _run(x_shape, e, stride=1, pads=(1, 1, 1, 1), kernel=(3, 3), layout="chw-spm
         args += [pj_bias] if spec.project.has_bias else []
         args += [pj_res] if spec.project.has_residual else []
     args.append(np.full(ref.shape, np.nan, np.float32))  # every output must be written
-    tensors = [tvm.runtime.tensor(a) for a in args]
+    tensors = [guarded_tensor(a, guard) for a in args]  # a stray access faults
     lib["main"](*tensors)
     return tensors[-1].numpy(), ref
 
@@ -242,7 +243,7 @@ def test_grouped_projection_arrays():
 
 def _run_before(x_shape, o, stride=1, pads=(1, 1, 1, 1), kernel=(3, 3), layout="chw-spmm",
                 density=0.3, steps=(EpilogueStep("bias"), EpilogueStep("residual")),
-                dw_steps=(EpilogueStep("bias"), RELU6), knobs=None):
+                dw_steps=(EpilogueStep("bias"), RELU6), knobs=None, guard="end"):
     """A depthwise conv before the node's own 1x1 conv (``dw_before``): the projection."""
     rng = np.random.default_rng(2)
     n, c, h, w = x_shape
@@ -269,7 +270,7 @@ def _run_before(x_shape, o, stride=1, pads=(1, 1, 1, 1), kernel=(3, 3), layout="
     args = [x, *arrays.values()] + ([bias] if spec.has_bias else [])
     args += ([res] if spec.has_residual else []) + [wd] + ([dw_bias] if spec.has_dw_bias else [])
     args.append(np.full(ref.shape, np.nan, np.float32))
-    tensors = [tvm.runtime.tensor(a) for a in args]
+    tensors = [guarded_tensor(a, guard) for a in args]
     lib["main"](*tensors)
     return tensors[-1].numpy(), ref
 
@@ -289,6 +290,20 @@ def test_depthwise_before(case):
     out, ref = _run_before(shape, o, stride, layout=layout, knobs=knobs, steps=(),
                            dw_steps=(), density=0.0)  # nothing to add, nothing fused
     np.testing.assert_allclose(out, ref, **TOL)
+
+
+@pytest.mark.parametrize("guard", ["start", "end"])
+def test_no_stray_access(guard):
+    """Every buffer against an unreadable page (``sparsec.testing``): the deinterleaving
+    copy once read one float past X's last row."""
+    for run in (lambda: _run((1, 8, 20, 24), 12, 2, project=(6, "csr", 0.3, ("bias",)),
+                             knobs={"deinterleave": True, "band_rows": 2}, guard=guard),
+                lambda: _run((2, 8, 14, 14), 20, 1, layout="dense", density=1.0,
+                             knobs={"pad_rows": True}, guard=guard),
+                lambda: _run_before((1, 6, 20, 24), 5, 2, knobs={"deinterleave": True},
+                                    guard=guard)):
+        out, ref = run()
+        np.testing.assert_allclose(out, ref, **TOL)
 
 
 def test_bad_specs_raise_compile_error():

@@ -22,6 +22,7 @@ from sparsec.layouts import parse_layout
 from sparsec.ops import SparseOpSpec, apply_epilogue
 from sparsec.plan import ConvAttrs, EpilogueStep
 from sparsec.targets.cpu import cpu_flags, detect_host, tvm_target
+from sparsec.testing import guarded_tensor
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 HOST = tvm_target(detect_host())
@@ -51,7 +52,7 @@ def _weight(rng, layout: str, o: int, k: int, density: float) -> np.ndarray:
 
 def _run(layout, x_shape, o, kernel=(1, 1), strides=(1, 1), pads=(0, 0, 0, 0),
          dilations=(1, 1), density=0.3, epilogue=(), target=HOST, knobs=None, seed=0,
-         zero_rows=()):
+         zero_rows=(), guard="end"):
     rng = np.random.default_rng(seed)
     n, c, h, w = x_shape
     kh, kw = kernel
@@ -77,7 +78,7 @@ def _run(layout, x_shape, o, kernel=(1, 1), strides=(1, 1), pads=(0, 0, 0, 0),
     args += [bias] if spec.has_bias else []
     args += [residual] if spec.has_residual else []
     args.append(np.full(ref.shape, np.nan, np.float32))  # every output must be written
-    tensors = [tvm.runtime.tensor(a) for a in args]
+    tensors = [guarded_tensor(a, guard) for a in args]  # a stray access faults
     lib["main"](*tensors)
     return tensors[-1].numpy(), ref, packed
 
@@ -170,6 +171,19 @@ def test_vector_widths(mcpu, flag, lanes):
                                       ("bsr2x2", (1, 4, 11, 11), 6, (3, 3), (0, 1, 1, 0))]:
         out, ref, _ = _run(layout, shape, o, k, pads=pads, density=0.4, epilogue=("gelu",),
                            target=target)
+        np.testing.assert_allclose(out, ref, **TOL)
+
+
+@pytest.mark.parametrize("layout,x_shape,kernel,strides,pads", [
+    ("chw-spmm", (1, 16, 13, 11), (1, 1), (1, 1), (0, 0, 0, 0)),  # direct: tail tiles
+    ("dense", (1, 3, 30, 30), (3, 3), (2, 2), (1, 1, 1, 1)),  # a stem: Z filled from X
+    ("bsr2x1", (2, 8, 9, 9), (3, 3), (1, 1), (1, 1, 1, 1))])
+def test_no_stray_access(layout, x_shape, kernel, strides, pads):
+    """Every buffer against an unreadable page at its start, then at its end
+    (``sparsec.testing``): a read or write outside any of them faults."""
+    for guard in ("start", "end"):
+        out, ref, _ = _run(layout, x_shape, 12, kernel, strides, pads, density=0.5,
+                           epilogue=("bias",), guard=guard)
         np.testing.assert_allclose(out, ref, **TOL)
 
 

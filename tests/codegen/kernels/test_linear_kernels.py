@@ -27,6 +27,7 @@ from sparsec.formats import pack, unpack  # noqa: E402
 from sparsec.layouts import parse_layout  # noqa: E402
 from sparsec.ops import SparseOpSpec, apply_epilogue  # noqa: E402
 from sparsec.plan import EpilogueStep  # noqa: E402
+from sparsec.testing import guarded_tensor  # noqa: E402
 from sparsec.codegen.tvm.kernels.linear_dense import even_tiles  # noqa: E402
 from sparsec.codegen.tvm.kernels.linear_csr import panel_major  # noqa: E402
 from sparsec.targetspec import PANEL_COLUMNS, csr_panel_columns, rows_block_vectors  # noqa: E402
@@ -78,9 +79,10 @@ def _weight(layout: str, out: int, inp: int, density: float, rng, zero_rows=(0,)
     return np.ascontiguousarray(w, np.float32)
 
 
-def _run(layout, w, rows, steps=(), target=HOST, knobs=None, seed=1, plan_rows=0):
+def _run(layout, w, rows, steps=(), target=HOST, knobs=None, seed=1, plan_rows=0, guard="end"):
     """Build, compile and run one kernel; returns (y, reference). ``plan_rows``: the rows
-    the plan expected (``SparseOpSpec.rows``; 0 unknown)."""
+    the plan expected (``SparseOpSpec.rows``; 0 unknown). Every buffer lies against an
+    unreadable page at its ``guard`` side (``sparsec.testing``): a stray access faults."""
     rng = np.random.default_rng(seed)
     out, inp = w.shape
     packed = pack(w, layout)
@@ -96,8 +98,8 @@ def _run(layout, w, rows, steps=(), target=HOST, knobs=None, seed=1, plan_rows=0
     bias = rng.standard_normal(out).astype(np.float32) if spec.has_bias else None
     residual = rng.standard_normal((rows, out)).astype(np.float32) if spec.has_residual else None
     args = [x, *arrays.values()] + [a for a in (bias, residual) if a is not None]
-    y = tvm.runtime.tensor(np.full((rows, out), np.nan, np.float32))
-    ex["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args], y)
+    y = guarded_tensor(np.full((rows, out), np.nan, np.float32), guard)
+    ex["main"](*[guarded_tensor(a, guard) for a in args], y)
 
     acc = (x.astype(np.float64) @ unpack(packed).astype(np.float64).T).astype(np.float32)
     return y.numpy(), apply_epilogue(acc, spec.epilogue, bias, residual)
@@ -404,3 +406,16 @@ def test_even_tiles():
 def test_dense_prefetch_path(rows):
     """W prefetching (on by default only for weights over 32 MiB) is forced on a small one."""
     _check("dense", 70, 700, rows, 1.0, knobs={"prefetch": 32})
+
+
+@pytest.mark.parametrize("layout,rows,plan_rows", [
+    ("csr", 60, 60), ("csr", 1, 1), ("csr", 13, 0), ("bsr4x4", 9, 0), ("bsr16x1", 1, 0),
+    ("nm2:4", 7, 0), ("dense", 5, 0), ("dense", 1, 0)])
+def test_no_stray_access(layout, rows, plan_rows):
+    """Every buffer against an unreadable page at its start, then at its end
+    (``sparsec.testing``): a read or write outside any of them faults. The csr rows path's
+    square transposition once read past the end of X (a 64-row block of 60 rows)."""
+    w = _weight(layout, 48, 1032, 0.3, np.random.default_rng(rows))
+    for guard in ("start", "end"):
+        y, ref = _run(layout, w, rows, [EpilogueStep("bias")], plan_rows=plan_rows, guard=guard)
+        np.testing.assert_allclose(y, ref, **TOL)
