@@ -1,4 +1,5 @@
-"""Single-layer benchmark: y = x·Wᵀ through sparsec against its peers, in one process.
+"""Single-layer benchmark: y = x·Wᵀ and sparse 1x1 convs through sparsec against its peers,
+in one process.
 
     python -m benchmarks.kernels [--quick] [--out benchmarks/results] [--deepsparse-python PY]
                                  [--candidates] [--shape OxI] [--density D] [--batch B] ...
@@ -16,6 +17,11 @@ median ms, sparsec's speed-up over the best peer, and its fraction of the bound
 
 with both rates measured at the start of the run. Results go to ``<out>/kernels.json`` and
 ``<out>/kernels.md``, and a plot of speed-up vs density per batch to ``<out>/kernels.png``.
+
+Then the 1x1 convs in NCHW (XNNPACK's case: C_in and C_out 64-512, 56x56 to 7x7 pixels,
+70-95% sparse, one image): a one-node ONNX Conv through sparsec against onnxruntime's dense
+Conv, torch's conv2d and torch / scipy CSR times X as a [C_in, H*W] matrix, with the same
+bound taking H*W pixels as the batch (``--part`` picks linear, conv or both).
 
 ``--candidates`` also times every layout the cost model considered at each point (forced,
 same rounds) and records the model's inputs: ``benchmarks/calibrate.py`` fits the cost
@@ -247,10 +253,113 @@ def suite(quick: bool, shapes=None, densities=None, batches=None, patterns=None)
                     yield Point(shape, pattern, d, b)
 
 
-def table(points: list[Point]) -> str:
+# 1x1 convs in NCHW (XNNPACK's case): [C_in, C_out, H = W], 70-95% sparse, one image
+CONV_SHAPES = [(64, 64, 56), (64, 256, 56), (256, 64, 56), (128, 128, 28), (128, 512, 28),
+               (256, 256, 14), (512, 128, 14), (512, 512, 7)]
+CONV_DENSITIES = [0.3, 0.2, 0.1, 0.05]
+CONV_QUICK = dict(shapes=[(64, 64, 28)], densities=[0.1])
+
+
+@dataclass
+class ConvPoint:
+    c_in: int
+    c_out: int
+    hw: int  # H = W
+    density: float
+    layout: str = ""
+    ms: dict[str, float] = field(default_factory=dict)
+    bound_ms: float = 0.0
+
+    best_peer = Point.best_peer
+
+    @property
+    def label(self) -> str:
+        return f"{self.c_in}->{self.c_out} at {self.hw}x{self.hw}"
+
+
+def conv_suite(quick: bool, densities=None):
+    shapes = CONV_QUICK["shapes"] if quick else CONV_SHAPES
+    for c_in, c_out, hw in shapes:
+        for d in densities or (CONV_QUICK["densities"] if quick else CONV_DENSITIES):
+            yield ConvPoint(c_in, c_out, hw, d)
+
+
+def onnx_conv1x1(w: np.ndarray, hw: int):
+    """A one-node 1x1 Conv over [1, C_in, hw, hw] with weight ``w`` [C_out, C_in]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    o, c = w.shape
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "conv.weight"], ["y"], name="conv")], "conv1x1",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, hw, hw])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, o, hw, hw])],
+        [numpy_helper.from_array(np.ascontiguousarray(w[:, :, None, None]), "conv.weight")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def run_conv_point(p: ConvPoint, w: np.ndarray, bandwidth: float, gflops: float,
+                   deepsparse: str | None) -> None:
+    """sparsec (cost model's layout, verified) against onnxruntime's dense Conv, torch's
+    conv2d, and torch / scipy CSR times X as a [C_in, H*W] matrix, interleaved."""
+    import scipy.sparse
+    import torch
+
+    import sparsec
+
+    x = np.random.default_rng(1).standard_normal((1, p.c_in, p.hw, p.hw)).astype(np.float32)
+    model = onnx_conv1x1(w, p.hw)
+    cm = sparsec.compile(model)
+    p.layout = cm.report[0]["layout"]
+    sess = ort_session(model)
+    xt, wt = torch.from_numpy(x), torch.from_numpy(w[:, :, None, None].copy())
+    x2 = np.ascontiguousarray(x.reshape(p.c_in, -1))
+    w_csr_t = torch.from_numpy(w).to_sparse_csr()
+    w_csr_s = scipy.sparse.csr_matrix(w)
+    x2t = torch.from_numpy(x2)
+    fns = {"sparsec": lambda: cm(x),
+           "onnxruntime": lambda: sess.run(None, {"x": x}),
+           "torch": lambda: torch.nn.functional.conv2d(xt, wt),
+           "torch-csr": lambda: torch.sparse.mm(w_csr_t, x2t),
+           "scipy-csr": lambda: w_csr_s @ x2}
+    with torch.no_grad():
+        p.ms = interleaved(fns)
+    if deepsparse:
+        ms = deepsparse_ms(deepsparse, model, x)
+        if ms is not None:
+            p.ms["deepsparse"] = ms
+    nnz = int(np.count_nonzero(w))
+    p.bound_ms = 1e3 * max(nnz * 6 / (bandwidth * 1e9), 2 * nnz * p.hw * p.hw / (gflops * 1e9))
+
+
+def _engines(points) -> list[str]:
     engines = ["sparsec", "onnxruntime", "torch", "torch-csr", "scipy-csr"]
-    if any("deepsparse" in p.ms for p in points):
-        engines.append("deepsparse")
+    return engines + (["deepsparse"] if any("deepsparse" in p.ms for p in points) else [])
+
+
+def _summary(points) -> str:
+    frac = [p.bound_ms / p.ms["sparsec"] for p in points]
+    wins = sum(p.ms["sparsec"] < p.best_peer[1] for p in points)
+    return (f"sparsec faster than every peer at {wins} of {len(points)} points; "
+            f"geometric mean {100 * math.exp(np.mean(np.log(frac))):.0f}% of the bound")
+
+
+def conv_table(points: list[ConvPoint]) -> str:
+    engines = _engines(points)
+    head = ["C_in->C_out", "H x W", "density", "layout", *engines, "best peer", "speed-up",
+            "bound", "% of bound"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for p in points:
+        peer, peer_ms = p.best_peer
+        cells = [f"{p.c_in}->{p.c_out}", f"{p.hw}x{p.hw}", f"{p.density:g}", p.layout]
+        cells += [f"{p.ms[e]:.3f}" if e in p.ms else "-" for e in engines]
+        cells += [peer, f"{peer_ms / p.ms['sparsec']:.2f}x", f"{p.bound_ms:.3f}",
+                  f"{100 * p.bound_ms / p.ms['sparsec']:.0f}%"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines + ["", _summary(points)])
+
+
+def table(points: list[Point]) -> str:
+    engines = _engines(points)
     head = ["W [out,in]", "pattern", "density", "batch", "layout", *engines, "best peer",
             "speed-up", "bound", "% of bound"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -261,12 +370,7 @@ def table(points: list[Point]) -> str:
         cells += [peer, f"{peer_ms / p.ms['sparsec']:.2f}x", f"{p.bound_ms:.3f}",
                   f"{100 * p.bound_ms / p.ms['sparsec']:.0f}%"]
         lines.append("| " + " | ".join(cells) + " |")
-    frac = [p.bound_ms / p.ms["sparsec"] for p in points]
-    wins = sum(p.ms["sparsec"] < p.best_peer[1] for p in points)
-    lines.append("")
-    lines.append(f"sparsec faster than every peer at {wins} of {len(points)} points; "
-                 f"geometric mean {100 * math.exp(np.mean(np.log(frac))):.0f}% of the bound")
-    return "\n".join(lines)
+    return "\n".join(lines + ["", _summary(points)])
 
 
 def plot(points: list[Point], path: Path) -> None:
@@ -319,6 +423,10 @@ def main(argv=None) -> int:
     ap.add_argument("--density", action="append", type=float, help="only this density")
     ap.add_argument("--batch", action="append", type=int, help="only this batch")
     ap.add_argument("--pattern", action="append", choices=PATTERNS, help="only this pattern")
+    ap.add_argument("--part", choices=["all", "linear", "conv"], default="all",
+                    help="the linear layers, the 1x1 convs, or both (default); --shape, "
+                         "--batch, --pattern and --candidates are for linear points, "
+                         "--density for both")
     ap.add_argument("--candidates", action="store_true",
                     help="also time every candidate layout, forced (the input of "
                          "benchmarks/calibrate.py; about twice as long)")
@@ -328,8 +436,10 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     bandwidth, gflops = measure_rates()
-    points = list(suite(args.quick, args.shape, args.density, args.batch, args.pattern))
-    if not points:
+    points = (list(suite(args.quick, args.shape, args.density, args.batch, args.pattern))
+              if args.part != "conv" else [])
+    convs = list(conv_suite(args.quick, args.density)) if args.part != "linear" else []
+    if not points and not convs:
         ap.error("no suite point matches the filters")
     rng = np.random.default_rng(0)
     weights: dict = {}
@@ -339,20 +449,29 @@ def main(argv=None) -> int:
             weights.clear()
             weights[key] = make_weight(p.shape, p.pattern, p.density, rng)
         run_point(p, weights[key], bandwidth, gflops, args.deepsparse_python, args.candidates)
+    for p in tqdm(convs, desc="1x1 convs", unit="point", file=sys.stderr):
+        w = make_weight((p.c_out, p.c_in), "unstructured", p.density, rng)
+        run_conv_point(p, w, bandwidth, gflops, args.deepsparse_python)
     from sparsec.targets import cpu
 
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": cpu.model_name(),
             "isa": cpu.isa(cpu.detect_host()),
             "cores": os.cpu_count(), "copy_bandwidth_gbs": round(bandwidth, 1),
             "sgemm_gflops": round(gflops, 1), "tvm_threads": os.environ.get("TVM_NUM_THREADS")}
-    (out / "kernels.json").write_text(json.dumps({"meta": meta, "points": [asdict(p) for p in points]},
-                                                 indent=1))
+    (out / "kernels.json").write_text(json.dumps(
+        {"meta": meta, "points": [asdict(p) for p in points],
+         "conv_points": [asdict(p) for p in convs]}, indent=1))
     text = (f"{meta['date']}, {meta['machine']}, {meta['cores']} cores; copy bandwidth "
             f"{meta['copy_bandwidth_gbs']} GB/s, dense SGEMM {meta['sgemm_gflops']} GFLOP/s; "
-            "median ms\n\n" + table(points))
+            "median ms")
+    if points:
+        text += "\n\n" + table(points)
+    if convs:
+        text += ("\n\n1x1 convs in NCHW, one image (bound: as above, with H x W pixels as "
+                 "the batch)\n\n" + conv_table(convs))
     (out / "kernels.md").write_text(text + "\n")
     print(text)
-    if not args.no_plot:
+    if points and not args.no_plot:
         plot(points, out / "kernels.png")
         print(f"\nplot: {out / 'kernels.png'}")
     return 0

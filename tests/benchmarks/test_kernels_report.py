@@ -1,0 +1,32 @@
+"""The single-layer benchmark's tables and its 1x1 conv points."""
+
+import numpy as np
+
+from benchmarks.kernels import ConvPoint, Point, conv_table, make_weight, run_conv_point, table
+
+
+def test_summary_counts_wins_against_the_best_peer():
+    a = Point((64, 64), "unstructured", 0.1, 1, "csr", {"sparsec": 1.0, "onnxruntime": 2.0,
+                                                         "torch": 1.5}, bound_ms=0.5)
+    b = Point((64, 64), "unstructured", 0.5, 1, "dense", {"sparsec": 1.0, "onnxruntime": 0.9,
+                                                          "torch": 3.0}, bound_ms=0.5)
+    text = table([a, b])
+    assert "| 64x64 | unstructured | 0.1 | 1 | csr | 1.000 | 2.000 | 1.500 | - | - | torch |" \
+           " 1.50x | 0.500 | 50% |" in text
+    assert "| onnxruntime | 0.90x |" in text
+    assert "faster than every peer at 1 of 2 points; geometric mean 50% of the bound" in text
+
+
+def test_conv_point_measures_sparsec_and_its_peers():
+    """A real (small) 1x1 conv: compiled, verified, timed against every peer."""
+    p = ConvPoint(16, 24, 8, 0.2)
+    w = make_weight((24, 16), "unstructured", 0.2, np.random.default_rng(0))
+    run_conv_point(p, w, bandwidth=16.0, gflops=132.0, deepsparse=None)
+    assert p.layout and set(p.ms) == {"sparsec", "onnxruntime", "torch", "torch-csr",
+                                      "scipy-csr"}
+    assert all(v > 0 for v in p.ms.values())
+    nnz = int(np.count_nonzero(w))
+    assert np.isclose(p.bound_ms, 1e3 * max(nnz * 6 / 16e9, 2 * nnz * 64 / 132e9))
+    text = conv_table([p])
+    assert f"| 16->24 | 8x8 | 0.2 | {p.layout} |" in text
+    assert "of 1 points" in text
