@@ -122,7 +122,6 @@ class DwGeometry:
     wq: int  # plane columns
 
 
-
 def dw_geometry(dw: ConvAttrs, in_shape, e: int, entry: str) -> DwGeometry:
     n, c, h, w = (int(d) for d in in_shape)
     (kh, kw), (sh, sw) = dw.kernel_shape, dw.strides
@@ -216,8 +215,10 @@ def band_rows(g: DwGeometry, o_out: int, cores: int, knobs: dict) -> int:
     Channel tasks each keep partial sums of the whole projection, ``O x OH x OW`` floats
     per task, and add them up at the end; past ``BAND_MIN_PART_BYTES`` those no longer stay
     in L2. Bands keep ``O x R x OW`` of them, all a band's channels added in place, at the
-    price of computing the expand conv's halo rows once per band. R is the largest divisor
-    of OH whose sums fit ``BAND_PART_BYTES`` and that leaves every core two bands."""
+    price of computing the expand conv's halo rows once per band. R divides OH (no tail
+    band), is at least 2 (a stride-1 expand conv would run three times over one-row bands),
+    keeps the sums within ``BAND_PART_BYTES`` and leaves every core two bands: the widest
+    such R that gives every core the same number of bands, else the widest."""
     if "band_rows" in knobs:
         r = int(knobs["band_rows"])
         if r and g.oh % r:
@@ -235,9 +236,9 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
           knobs=None) -> tirx.PrimFunc:
     """PrimFunc of a SparseConv with ``spec.depthwise``:
     after (``dw_before`` false): ``(x, <arrays>, [bias], dw_weight, [dw_bias], [pj_bias],
-    [pj_residual], y)``, with a projection ``<arrays>`` ending in its pj_values, pj_rows,
-    pj_colptr and Y having its channels;
-    before: ``(x, pj_values, pj_rows, pj_colptr, [bias], [residual], dw_weight, [dw_bias],
+    [pj_residual], y)``, with a projection ``<arrays>`` ending in its pj_values, pj_cols,
+    pj_gptr (``_grouped``) and Y having its channels;
+    before: ``(x, pj_values, pj_cols, pj_gptr, [bias], [residual], dw_weight, [dw_bias],
     y)``: the depthwise conv reads X and the node's own 1x1 conv is the projection."""
     knobs = dict(knobs or {})
     vl = simd_lanes(target, knobs)
