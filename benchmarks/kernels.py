@@ -184,6 +184,15 @@ def deepsparse_ms(python: str, model, x: np.ndarray) -> float | None:
         return json.loads(r.stdout.strip().splitlines()[-1])["ms"]
 
 
+def _torch_csr(w):
+    """``w.to_sparse_csr()`` without torch's warning that sparse CSR is in beta."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta")
+        return w.to_sparse_csr()
+
+
 def run_point(p: Point, w: np.ndarray, bandwidth: float, gflops: float, deepsparse: str | None,
               candidates: bool = False):
     import scipy.sparse
@@ -211,7 +220,7 @@ def run_point(p: Point, w: np.ndarray, bandwidth: float, gflops: float, deepspar
                 fns[f"sparsec:{lay.name}"] = lambda alt=alt: alt(x)
     sess = ort_session(model)
     wt, xt = torch.from_numpy(w), torch.from_numpy(x)
-    w_csr_t = wt.to_sparse_csr()
+    w_csr_t = _torch_csr(wt)
     w_csr_s = scipy.sparse.csr_matrix(w)
     xtt = xt.T.contiguous()
     xs = np.ascontiguousarray(x.T)
@@ -313,7 +322,7 @@ def run_conv_point(p: ConvPoint, w: np.ndarray, bandwidth: float, gflops: float,
     sess = ort_session(model)
     xt, wt = torch.from_numpy(x), torch.from_numpy(w[:, :, None, None].copy())
     x2 = np.ascontiguousarray(x.reshape(p.c_in, -1))
-    w_csr_t = torch.from_numpy(w).to_sparse_csr()
+    w_csr_t = _torch_csr(torch.from_numpy(w))
     w_csr_s = scipy.sparse.csr_matrix(w)
     x2t = torch.from_numpy(x2)
     fns = {"sparsec": lambda: cm(x),
