@@ -31,14 +31,7 @@ output rows instead: for each band, every channel's expand rows and halo go thro
 the band's rows, the depthwise conv and the projection, whose sums for the band stay in
 cache and are stored with their epilogue when the band is done; no task adds up another's.
 
-Projection by groups of channels: a task takes ``group_channels`` (64, or 32 for output
-planes of 28x28 and more) channels' depthwise outputs into ``dg`` first, then walks the
-projection's nonzeros in that group output row by output row with the row's sums in
-registers (``_Fused.project``), so the partial sums are read and written once per group and
-row, not once per nonzero. Before, with each channel's nonzeros added into the sums one
-by one, the projection was most of the time of the small-image blocks; grouped, on
-MobileNetV2-224 at 90% (AVX2, Zen 3, A/B in one process): 960->320 at 7x7 1.35x, 960->160
-at 7x7 1.27x, 576->96 at 14x14 1.15x, 384->64 1.14x; 28x28 and larger within noise.
+The projection is added a group of channels at a time (``conv_dw_project``).
 
 Depthwise first (``spec.dw_before``, MobileNetV2's first block): there is no expand conv, Z
 takes X's channels as they are, and the node's own 1x1 conv is the projection. Its first
@@ -81,15 +74,13 @@ from sparsec.codegen.tvm.kernels import KernelDef
 from sparsec.codegen.tvm.kernels import epilogue as epi
 from sparsec.codegen.tvm.kernels.conv import _cores, _prepare_dense, _prepare_same, simd_lanes
 from sparsec.codegen.tvm.kernels.conv_geometry import F32, _round_up, pow2_pieces, vloop
-from sparsec.codegen.tvm.kernels.conv_inner import (
-    _i32,
-    _pow2_floor,
-    acc_vectors,
-    dense_rows,
-    span,
+from sparsec.codegen.tvm.kernels.conv_dw_project import (
+    Projection,
+    group_channels,
+    grouped_arrays,
 )
+from sparsec.codegen.tvm.kernels.conv_inner import _i32, _pow2_floor, acc_vectors, span
 from sparsec.errors import CompileError
-from sparsec.formats import Packed, index_dtype, unpack
 from sparsec.ops import SparseOpSpec
 from sparsec.plan import ConvAttrs
 
@@ -97,9 +88,6 @@ TASKS_PER_CORE = 4  # channel ranges per core (each task zeroes its own Z once p
 DEINTERLEAVE_MIN_PIXELS = 56 * 56  # stride 2 over larger images: X's rows deinterleaved
 BAND_MIN_PART_BYTES = 256 << 10  # a projection's sums beyond this: tasks over row bands
 BAND_PART_BYTES = 128 << 10  # a band's projection sums at most
-PROJECT_GROUP = 64  # depthwise channels whose outputs the projection reads together
-PROJECT_WIDE_PIXELS = 28 * 28  # ... half as many from output planes this large
-PROJECT_LANES = 64  # pixels per projection tile (8 AVX2 registers of sums)
 
 
 @dataclass(frozen=True)
@@ -237,7 +225,7 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
     """PrimFunc of a SparseConv with ``spec.depthwise``:
     after (``dw_before`` false): ``(x, <arrays>, [bias], dw_weight, [dw_bias], [pj_bias],
     [pj_residual], y)``, with a projection ``<arrays>`` ending in its pj_values, pj_cols,
-    pj_gptr (``_grouped``) and Y having its channels;
+    pj_gptr (``conv_dw_project.grouped_arrays``) and Y having its channels;
     before: ``(x, pj_values, pj_cols, pj_gptr, [bias], [residual], dw_weight, [dw_bias],
     y)``: the depthwise conv reads X and the node's own 1x1 conv is the projection."""
     knobs = dict(knobs or {})
@@ -308,9 +296,11 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
             xf = T.decl_buffer((g.n * g.c * p,), F32, data=x.data)
             yf = T.decl_buffer((g.n * o_out * px,), F32, data=y.data)
             xp = T.decl_buffer((g.c * g.h * wp,), F32) if copy else None
+            proj = None if pj is None else Projection(pj, bufs, g.e, group, vl, yf, pj_bias,
+                                                      pj_res)
             k = _Fused(g, vl, budget, e_budget, rows, bufs, xf if xp is None else xp, yf,
-                       bias, dbias, [] if before else spec.epilogue, spec.dw_epilogue, pj,
-                       before, wp, copy, deinterleave, band or g.oh, group, pj_bias, pj_res)
+                       bias, dbias, [] if before else spec.epilogue, spec.dw_epilogue, proj,
+                       before, wp, deinterleave, band or g.oh)
             with T.serial(g.n) as n:
                 if xp is not None:
                     _copy_rows(xf, xp, g, n, wp, vl, deinterleave)
@@ -345,55 +335,42 @@ def _emit_channel_tasks(k: _Fused, n, blocks: int, cores: int, knobs: dict) -> N
     (``part``), and those are added up after the parallel loop."""
     g, pj = k.g, k.pj
     px = g.oh * g.ow
-    if pj:
-        units, per_unit = k.groups, k.group // k.rows  # groups, blocks per group
-    else:
-        units, per_unit = blocks, 1
+    units = pj.groups if pj else blocks
     # with a projection every task keeps partial sums of all of it: one task per core
     tasks = max(1, min(units, cores if pj else
                        int(knobs.get("tasks_per_core", TASKS_PER_CORE)) * cores))
     per = -(-units // tasks)
     tasks = -(-units // per)
-    o_out = pj.out_features if pj else g.e
-    part = T.decl_buffer((tasks * o_out * px,), F32) if pj else None
+    part = T.decl_buffer((tasks * pj.out * px,), F32) if pj else None
     with T.parallel(tasks) as t:
         z = T.decl_buffer((k.rows * k.z_size,), F32)
         _zero(z, k.rows * k.z_size, k.vl)
+        lo = T.Bind(t * per)
         if pj:
-            dg = T.decl_buffer((k.group * px,), F32)  # a group's depthwise output
-            _zero(part, o_out * px, k.vl, t * (o_out * px))
-            lo = T.Bind(t * per)
+            dg = T.decl_buffer((pj.group * px,), F32)  # a group's depthwise output
+            _zero(part, pj.out * px, k.vl, t * (pj.out * px))
             with span(lo, T.min(lo + per, units)) as q:
                 _group(k, n, z, dg, q, px, None)
-                k.project(part, t * (o_out * px), dg, q, px)
+                pj.add(part, t * (pj.out * px), dg, q, px)
         else:
-            lo = T.Bind(t * per)
             with span(lo, T.min(lo + per, blocks)) as blk:
                 k.expand(z, n, blk)
                 _channels(k, blk, lambda rr, ch: k.depthwise(
                     z, rr * k.z_size, ch, k.yf, T.Bind((n * g.e + ch) * px)))
     if pj:
-        with T.parallel(o_out) as o:
-            k.put(o, lambda l: _task_sum(part, tasks, o, o_out * px, px, l),
-                  T.Bind((n * o_out + o) * px), px)
+        with T.parallel(pj.out) as o:
+            pj.put_task_sums(part, tasks, o, n, px)
 
 
 def _group(k: _Fused, n, z, dg, q, width: int, band) -> None:
     """Group q's channels through the expand conv (``band``: its rows only) and the
     depthwise conv into ``dg`` [group, width]."""
-    per_group = k.group // k.rows
-    first = T.Bind(q * per_group)
-    with span(first, T.min(first + per_group, -(-k.g.e // k.rows))) as blk:
+    group = k.pj.group
+    first = T.Bind(q * (group // k.rows))
+    with span(first, T.min(first + group // k.rows, -(-k.g.e // k.rows))) as blk:
         k.expand(z, n, blk, band)
         _channels(k, blk, lambda rr, ch: k.depthwise(z, rr * k.z_size, ch, dg,
-                                                     T.Bind((ch - q * k.group) * width)))
-
-
-def _task_sum(part, tasks: int, o, stride: int, px: int, l):
-    acc = part[o * px + l]
-    for t in range(1, tasks):
-        acc = acc + part[t * stride + o * px + l]
-    return acc
+                                                     T.Bind((ch - q * group) * width)))
 
 
 def _emit_bands(k: _Fused, n, blocks: int, cores: int) -> None:
@@ -406,26 +383,26 @@ def _emit_bands(k: _Fused, n, blocks: int, cores: int) -> None:
     per = -(-bands // cores)
     tasks = -(-bands // per)
     bpx = r * g.ow
-    o_out = k.pj.out_features
+    pj = k.pj
     with T.parallel(tasks) as t:
         z = T.decl_buffer((k.rows * k.z_size,), F32)
-        dg = T.decl_buffer((k.group * bpx,), F32)  # a group's depthwise output
-        part = T.decl_buffer((o_out * bpx,), F32)
+        dg = T.decl_buffer((pj.group * bpx,), F32)  # a group's depthwise output
+        part = T.decl_buffer((pj.out * bpx,), F32)
         lo = T.Bind(t * per)
         with span(lo, T.min(lo + per, bands)) as b:
             # rows outside the image differ from band to band: zero Z for each
             _zero(z, k.rows * k.z_size, k.vl)
-            _zero(part, o_out * bpx, k.vl)
+            _zero(part, pj.out * bpx, k.vl)
             oh0 = T.Bind(b * r)
             pu0 = oh0 * g.s  # the band's first padded input row
             u_lo = T.Bind(T.max(pu0 - g.pt, 0))
             u_hi = T.Bind(T.min(pu0 + (r - 1) * g.s + g.kh - g.pt, g.h))
-            with T.serial(k.groups) as q:
+            with T.serial(pj.groups) as q:
                 _group(k, n, z, dg, q, bpx, (u_lo, u_hi, oh0))
-                k.project(part, 0, dg, q, bpx)
-            with T.serial(o_out) as o:
-                k.put(o, lambda l: part[o * bpx + l],
-                      T.Bind((n * o_out + o) * (g.oh * g.ow) + oh0 * g.ow), bpx)
+                pj.add(part, 0, dg, q, bpx)
+            with T.serial(pj.out) as o:
+                pj.put(o, lambda l: part[o * bpx + l],
+                       T.Bind((n * pj.out + o) * (g.oh * g.ow) + oh0 * g.ow), bpx)
 
 
 @dataclass
@@ -442,19 +419,16 @@ class _Fused:
     dbias: object
     steps: list  # the expand conv's epilogue
     dw_steps: list
-    pj: SparseOpSpec | None  # the projection
+    pj: Projection | None
     identity: bool  # no expand conv: Z takes X's channel as it is (depthwise before the 1x1)
     wp: int  # row length of ``xf``: W, or W padded to whole vectors (``_copy_rows``)
-    copied: bool  # ``xf`` is one image's copy of X (``_copy_rows``), not X
-    deinterleaved: bool  # ... with each row's even columns first, then its odd ones
+    deinterleaved: bool  # ``xf`` holds each row's even columns first, then its odd ones
     band: int  # output rows that Z holds: OH, or a band's (``band_rows``)
-    group: int = 1  # channels per projection group (``group_channels``)
-    pj_bias: object = None
-    pj_res: object = None
 
     @property
-    def groups(self) -> int:
-        return -(-self.g.e // self.group)
+    def copied(self) -> bool:
+        """``xf`` is one image's copy of X (``_copy_rows``), not X."""
+        return self.wp != self.g.w or self.deinterleaved
 
     @property
     def hq(self) -> int:
@@ -584,16 +558,7 @@ class _Fused:
         for par in (0, 1):
             pv = v0 + par + g.pl
             dst = T.Bind(row + (pv % 2) * self.plane + pv // 2)
-            count = (cols - par + 1) // 2
-            for t0, m in pow2_pieces(count):
-                src = s0 + par + 2 * t0
-                if m == 1:
-                    T.buffer_store(z, stage[src], [dst + t0])
-                    continue
-                lo = s0 + 2 * t0  # two m-lane vectors holding lanes par, par+2, ...
-                pair = [stage[T.Ramp(lo, 1, m)], stage[T.Ramp(lo + m, 1, m)]]
-                T.buffer_store(z, tirx.Shuffle(pair, [par + 2 * i for i in range(m)]),
-                               [T.Ramp(dst + t0, 1, m)])
+            _deinterleave(z, dst, stage, s0, par, (cols - par + 1) // 2, self.vl)
 
     # ------------------------------------------------------------ depthwise: Z -> D
 
@@ -612,45 +577,6 @@ class _Fused:
                     yoff = T.Bind(ybase + oh * g.ow + c0)
                     vloop(width, lambda l: T.buffer_store(out, self._ep(acc[l], ch),
                                                           [yoff + l]))
-
-    def project(self, part, base0, dg, q, width: int) -> None:
-        """part[base0 + o * width:][:width] += sum over group q's channels c of
-        W_pj[o, c] * dg[c]: per tile of at most ``PROJECT_LANES`` pixels and output row,
-        the sums of the row's nonzeros in the group stay in registers, and the row's
-        partial sums are read and written once per group, not once per nonzero."""
-        b = self.bufs
-        o_out = self.pj.out_features
-        gptr, cols, vals = b["pj_gptr"], b["pj_cols"], b["pj_values"]
-
-        def tile(l0, m: int) -> None:
-            acc = T.decl_buffer((m,), F32, scope="local")
-            with T.serial(o_out) as o:
-                seg = T.Bind(q * o_out + o)
-                vloop(m, lambda l: T.buffer_store(acc, tirx.const(0.0, F32), [l]))
-                with span(gptr[seg], gptr[seg + 1]) as j:
-                    src = T.Bind(_i32(cols[j]) * width + l0)
-                    wv = T.Bind(vals[j])
-                    vloop(m, lambda l: T.buffer_store(acc, acc[l] + wv * dg[src + l], [l]))
-                dst = T.Bind(base0 + o * width + l0)
-                vloop(m, lambda l: T.buffer_store(part, part[dst + l] + acc[l], [dst + l]))
-
-        full, rest = divmod(width, PROJECT_LANES)
-        if full:
-            with T.serial(full) as blk:
-                tile(T.Bind(blk * PROJECT_LANES), PROJECT_LANES)
-        if rest:
-            tile(full * PROJECT_LANES, rest)
-
-    def put(self, o, sums, yb, width: int) -> None:
-        """Y[yb : yb + width] = pj_epilogue(sums(l)) of output channel ``o``."""
-
-        def store(l):
-            value = epi.emit(sums(l), self.pj.epilogue,
-                             bias=self.pj_bias[o] if self.pj_bias is not None else None,
-                             residual=self.pj_res[yb + l] if self.pj_res is not None else None)
-            T.buffer_store(self.yf, value, [yb + l])
-
-        vloop(width, store, chunk=4 * self.vl)
 
     def _taps(self, z, ch, q0, width: int):
         g, wd = self.g, self.bufs["dw_weight"]
@@ -679,54 +605,20 @@ class _Fused:
             vloop(g.ow, lambda l: T.buffer_store(out, stage[r * g.wq + l], [yoff + l]))
 
 
-def group_channels(spec: SparseOpSpec, dense_expand: bool) -> int:
-    """Depthwise channels per projection group: ``PROJECT_GROUP``, half that when the plan's
-    rows say the depthwise output has ``PROJECT_WIDE_PIXELS`` or more (a group's output
-    then stays in L2), rounded up to whole blocks of a dense expand conv's channels.
-    ``prepare`` and ``build`` both call it on the node's spec."""
-    s = spec.depthwise.strides[0] if spec.depthwise is not None else 1
-    pixels = spec.rows if spec.dw_before else spec.rows // (s * s)  # 0: not known
-    group = PROJECT_GROUP // 2 if pixels >= PROJECT_WIDE_PIXELS else PROJECT_GROUP
-    rows = dense_rows(spec.out_features) if dense_expand else 1
-    return rows * -(-group // rows)
-
-
-def _grouped(pj: SparseOpSpec, packed: dict[str, np.ndarray], group: int
-             ) -> dict[str, np.ndarray]:
-    """A 1x1 projection's weight by groups of ``group`` input channels, row by row within a
-    group: segment ``q * O + o`` of ``pj_gptr`` [groups * O + 1] holds output row o's
-    nonzeros in group q, their channels within the group (``pj_cols``) and values
-    (``pj_values``), the order ``_Fused.project`` walks."""
-    w = unpack(Packed(pj.layout, (pj.out_features, pj.in_features), packed))
-    o, e = w.shape
-    groups = -(-e // group)
-    padded = np.zeros((o, groups * group), np.float32)
-    padded[:, :e] = w
-    blocks = padded.reshape(o, groups, group).transpose(1, 0, 2)  # [group, o, channel]
-    q, r, c = np.nonzero(blocks)  # row-major: by group, then row, then channel
-    gptr = np.zeros(groups * o + 1, np.int32)
-    np.cumsum(np.bincount(q * o + r, minlength=groups * o), out=gptr[1:])
-    return {"pj_values": np.ascontiguousarray(blocks[q, r, c] if q.size else
-                                              np.zeros(1, np.float32)),
-            "pj_cols": (c if c.size else np.zeros(1, np.int64)).astype(
-                index_dtype(group - 1)),
-            "pj_gptr": gptr}
-
-
 def _with_projection(prepare):
     """``prepare`` for the expand conv's arrays, plus the projection's (``pj_*`` keys)
-    grouped (``_grouped``); a depthwise conv before the node's 1x1 conv makes that conv the
+    grouped (``conv_dw_project.grouped_arrays``); a depthwise conv before the node's 1x1 conv makes that conv the
     projection, its arrays only grouped."""
 
     def run(spec: SparseOpSpec, arrays: dict[str, np.ndarray], target):
         if spec.dw_before:
-            return _grouped(spec, arrays, group_channels(spec, False))
+            return grouped_arrays(spec, arrays, group_channels(spec, False))
         own = {k: v for k, v in arrays.items() if not k.startswith("pj_")}
         out = prepare(spec, own, target)
         if spec.project is not None:
-            out.update(_grouped(spec.project, {k[3:]: v for k, v in arrays.items()
-                                               if k.startswith("pj_")},
-                                group_channels(spec, "w" in out)))
+            out.update(grouped_arrays(spec.project, {k[3:]: v for k, v in arrays.items()
+                                                     if k.startswith("pj_")},
+                                      group_channels(spec, "w" in out)))
         return out
 
     return run
