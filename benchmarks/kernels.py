@@ -236,12 +236,7 @@ def run_point(p: Point, w: np.ndarray, bandwidth: float, gflops: float, deepspar
     if candidates:
         p.candidates_ms[p.layout] = ms["sparsec"]
     p.ms = {k: v for k, v in ms.items() if not k.startswith("sparsec:")}
-    if deepsparse:
-        ms = deepsparse_ms(deepsparse, model, x)
-        if ms is not None:
-            p.ms["deepsparse"] = ms
-    nnz = int(np.count_nonzero(w))
-    p.bound_ms = 1e3 * max(nnz * 6 / (bandwidth * 1e9), 2 * nnz * p.batch / (gflops * 1e9))
+    _finish(p, w, p.batch, bandwidth, gflops, deepsparse, model, x)
 
 
 PATTERNS = ["unstructured", "block4x4", "block16x1", "2:4"]
@@ -332,12 +327,19 @@ def run_conv_point(p: ConvPoint, w: np.ndarray, bandwidth: float, gflops: float,
            "scipy-csr": lambda: w_csr_s @ x2}
     with torch.no_grad():
         p.ms = interleaved(fns)
+    _finish(p, w, p.hw * p.hw, bandwidth, gflops, deepsparse, model, x)
+
+
+def _finish(p, w: np.ndarray, batch: int, bandwidth: float, gflops: float,
+            deepsparse: str | None, model, x: np.ndarray) -> None:
+    """DeepSparse's time when its Python is given, and the point's bound: max(stored bytes
+    (nonzeros + int16 indices) / bandwidth, 2 nnz batch / SGEMM rate)."""
     if deepsparse:
         ms = deepsparse_ms(deepsparse, model, x)
         if ms is not None:
             p.ms["deepsparse"] = ms
     nnz = int(np.count_nonzero(w))
-    p.bound_ms = 1e3 * max(nnz * 6 / (bandwidth * 1e9), 2 * nnz * p.hw * p.hw / (gflops * 1e9))
+    p.bound_ms = 1e3 * max(nnz * 6 / (bandwidth * 1e9), 2 * nnz * batch / (gflops * 1e9))
 
 
 def _engines(points) -> list[str]:

@@ -158,6 +158,14 @@ def match_projection(fused: ir.Node) -> ir.Node | str:
     return pj
 
 
+def _sparse_convs(graph: ir.Graph, entries: dict):
+    """(SparseConv node, its Plan entry) for each SparseConv still in ``graph`` when the walk
+    reaches it (a projection fused a moment ago is not)."""
+    for node in list(graph):
+        if node.domain == ops.DOMAIN and node.op_type == ops.CONV and node.graph is graph:
+            yield node, entries[node.attributes.get_string("entry")]
+
+
 class FuseDepthwisePass(SparsecPass):
     """SparseConv 1x1 + depthwise Conv + activation -> one SparseConv (module docstring)."""
 
@@ -171,11 +179,7 @@ class FuseDepthwisePass(SparsecPass):
             return False
         graph = model.graph
         entries = {e.node: e for e in self.plan.entries}
-        for sparse in list(graph):
-            if (sparse.domain != ops.DOMAIN or sparse.op_type != ops.CONV
-                    or sparse.graph is not graph):  # (a projection fused a moment ago)
-                continue
-            entry = entries[sparse.attributes.get_string("entry")]
+        for sparse, entry in _sparse_convs(graph, entries):
             with self.at(sparse.name, entry.weight):
                 found = match_depthwise(sparse)
                 if isinstance(found, str):
@@ -191,11 +195,7 @@ class FuseDepthwisePass(SparsecPass):
                 self.counts["projections"] += 1
         # A depthwise conv with no sparse 1x1 conv before it (MobileNetV2's first block)
         # joins the projection after it instead.
-        for sparse in list(graph):
-            if (sparse.domain != ops.DOMAIN or sparse.op_type != ops.CONV
-                    or sparse.graph is not graph):
-                continue
-            entry = entries[sparse.attributes.get_string("entry")]
+        for sparse, entry in _sparse_convs(graph, entries):
             if entry.depthwise is not None:
                 continue
             with self.at(sparse.name, entry.weight):

@@ -41,10 +41,11 @@ _MPROTECT = _mprotect()
 def guarded_array(a: np.ndarray, where: str = "end") -> np.ndarray:
     """A copy of ``a`` whose data ends right before (``where="end"``, up to the 64-byte
     alignment) or starts right after (``"start"``) a page without access rights."""
+    if where not in ("end", "start"):
+        raise ValueError(f"guarded_array: where must be 'end' or 'start', got {where!r}")
+    if _MPROTECT is None:
+        raise OSError("guarded_array: this system's libc has no mprotect")
     a = np.ascontiguousarray(a)
-    if _MPROTECT is None or where not in ("end", "start"):
-        raise ValueError(f"guarded_array: where must be 'end' or 'start', got {where!r}"
-                         if _MPROTECT is not None else "guarded_array: no mprotect here")
     page = mmap.PAGESIZE
     size = -(-max(a.nbytes, 1) // ALIGN) * ALIGN
     body = -(-size // page) * page
