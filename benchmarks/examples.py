@@ -17,17 +17,6 @@ import time
 import numpy as np
 
 
-def _ort(model):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    # onnxruntime's pool spin-waits after each run and would steal the cores from the
-    # next engine timed in this process; without spinning every engine gets a quiet machine.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("--repeat", type=int, default=200, help="timed calls per engine (200)")
@@ -38,6 +27,7 @@ def main(argv=None) -> int:
 
     import sparsec
     from sparsec.demo import time_side_by_side
+    from sparsec.timing import ort_session
     from sparsec.models import examples, torch_examples
 
     rows = []
@@ -49,7 +39,7 @@ def main(argv=None) -> int:
         cm = sparsec.compile(ex.onnx_model)
         t_compile = time.perf_counter() - t0
         dense = sparsec.compile(ex.onnx_model, layout="dense")
-        sess = _ort(ex.onnx_model)
+        sess = ort_session(ex.onnx_model)
         feeds = ex.inputs
         engines = {
             "sparsec": lambda: cm(**feeds),

@@ -44,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sparsec.timing import ort_session, settle
+
 SHAPES = [(4096, 4096), (3072, 768), (768, 3072)]  # [out, in]
 DENSITIES = [0.5, 0.2, 0.1, 0.05]
 BATCHES = [1, 8, 32, 128]
@@ -117,6 +119,7 @@ def interleaved(fns: dict, rounds: int = 3) -> dict[str, float]:
     per = {k: [] for k in fns}
     for _ in range(rounds):
         for k, fn in fns.items():
+            settle()
             per[k].append(median_ms(fn))
     return {k: float(np.median(v)) for k, v in per.items()}
 
@@ -146,15 +149,6 @@ def measure_rates() -> tuple[float, float]:
     sess = ort_session(onnx_matmul(w, n))
     x = np.ones((n, n), np.float32)
     return bandwidth, 2 * n**3 / fastest_s(lambda: sess.run(None, {"x": x}), 15) / 1e9
-
-
-def ort_session(model):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
 DEEPSPARSE_SCRIPT = r"""

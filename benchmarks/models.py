@@ -12,7 +12,7 @@ GPT-2 decode goal) or the pattern 2:4, in the zoo's prunable layers by magnitude
   (verified against onnxruntime) and saved; its artifact size is compared with the ONNX
   file's;
 - sparsec and onnxruntime are timed in this process, interleaved round by round (median ms;
-  onnxruntime with spin-waiting off so it leaves the cores to the next engine). The
+  each at its defaults, with a pause before every block of calls: ``sparsec.timing``). The
   speed-up is the median of the per-round ratios, shown with their lowest and highest
   ("1.45x (1.38-1.52)"): on a shared host a whole-run median can move 30% between runs,
   the ratio within a round much less. Goals are judged on that median;
@@ -40,6 +40,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from sparsec.timing import ort_session, settle
 
 MODELS = ["mlp", "mobilenetv2_224", "mobilenetv2_96", "bert_base", "gpt2_decode",
           "gpt2_prefill"]
@@ -109,17 +111,6 @@ def load_inputs(path: str) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def ort_session(path, threads: int | None = None):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def median_ms(fn, calls: int) -> float:
     times = []
     for _ in range(calls):
@@ -132,12 +123,14 @@ def median_ms(fn, calls: int) -> float:
 def interleaved_rounds(fns: dict, budget_s: float = 1.5, rounds: int = 7
                        ) -> dict[str, list[float]]:
     """Per engine, the median ms of each of ``rounds`` rounds of blocks of calls, engines
-    interleaved; each block lasts about budget_s / rounds seconds per engine."""
+    interleaved; each block lasts about budget_s / rounds seconds per engine and starts
+    after ``settle()``."""
     for fn in fns.values():
         fn()
     per: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):
         for k, fn in fns.items():
+            settle()
             t = time.perf_counter()
             fn()
             one = max(time.perf_counter() - t, 1e-6)

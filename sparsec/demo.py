@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sparsec.timing import ort_session, settle
+
 WIDTH, DEPTH, CLASSES = 1024, 4, 10
 
 
@@ -58,18 +60,20 @@ def _median_ms(fn, repeat: int) -> float:
 
 
 def time_side_by_side(fns: dict, repeat: int = 50, rounds: int = 5) -> dict[str, float]:
-    """Median ms of each callable, interleaved round by round so drift hits all alike."""
+    """Median ms of each callable, interleaved round by round so drift hits all alike;
+    each block of calls starts after ``settle()`` (``sparsec.timing``)."""
     for fn in fns.values():
         fn()
     per: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):
         for k, fn in fns.items():
+            settle()
+            fn()
             per[k].append(_median_ms(fn, max(1, repeat // rounds)))
     return {k: float(np.median(v)) for k, v in per.items()}
 
 
 def main(sparsity: float = 0.9, batch: int = 1) -> int:
-    import onnxruntime as ort
     import torch
 
     import sparsec
@@ -99,12 +103,7 @@ def main(sparsity: float = 0.9, batch: int = 1) -> int:
               f"(rtol {v['rtol']:g}, atol {v['atol']:g}); compiled in {t_sparse:.1f} s")
 
         x = np.random.default_rng(1).standard_normal((batch, WIDTH)).astype(np.float32)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        # onnxruntime's pool spin-waits after each run and would steal the cores from the
-        # next engine timed in this process; without spinning each engine gets a quiet machine.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        sess = ort_session(path)
         tm = _torch_mlp(model)
         xt = torch.from_numpy(x)
         with torch.no_grad():
