@@ -7,7 +7,8 @@ Steps (``build``):
                  ``ai.sparsec`` nodes into ``call_tir`` to the layout's kernel, with the
                  fused epilogue inside; float weights become function parameters so the
                  library holds code and ``weights.safetensors`` holds the numbers;
-  3. compile   — ``tvm.compile`` with ``schedule.relax_pipeline``: every PrimFunc TVM
+  3. compile   — ``relax.build`` with ``schedule.relax_pipeline`` (the VM program compiled
+                 to native code, ``exec_mode="compiled"``): every PrimFunc TVM
                  lowers itself gets a CPU schedule, ours are already scheduled; then
                  every buffer parameter is declared aligned to its element size only, so
                  inputs need no 64-byte aligned copy (``unaligned``).
@@ -313,7 +314,9 @@ def build(model: ir.Model, target, pipeline, extra_outputs: tuple[str, ...] = ()
     planned: list = []
     with tvm.transform.PassContext(opt_level=3):
         steps = tvm.transform.Sequential([pipeline(target, planned.append), unaligned_params_pass])
-        ex = tvm.compile(mod, target=target, relax_pipeline=steps)
+        # The VM's instructions compiled to native code rather than interpreted:
+        # GPT-2's decode step (~650 VM calls) 1.03x, MobileNetV2-96 1.02x.
+        ex = relax.build(mod, target, relax_pipeline=steps, exec_mode="compiled")
     inputs = [i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
     outputs = [o.name for o in proto.graph.output]
     fresh = fresh_outputs(planned[-1]) if planned else []
