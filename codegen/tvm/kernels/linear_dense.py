@@ -3,14 +3,16 @@
 ``Y[r, o] = epilogue(sum_k X[r, k] * W[o, k])``, computed as
 
 - ``prepare``: W [O, K] -> panels ``w_panels`` [P, K, NB], panel p holding output columns
-  [p*NB, p*NB+NB) (zero-padded past O), NB = 2 vectors of the target (1 when O fits one);
+  [p*NB, p*NB+NB) (zero-padded past O), NB = 2 vectors of the target (1 when O fits one,
+  4 when the plan runs the layer on one row: ``panel_width``);
 - ``build``: X is packed into row blocks ``XP`` [ceil(R/MR), K, MR] when R > 2, K >= 2048
   and there are at least 8 panels to reuse it (contiguous broadcasts, no 4K-aliasing of
   strided rows); then a parallel loop over (panel, row chunk) tasks runs the micro-kernel:
   MR x NB accumulators in registers, one k at a time (``acc[i, :] += x[r0+i, k] *
   panel[k, :]``, vectorized over the NB columns), and the epilogue fused into the store.
-  MR fills the register file (14 with 32 registers, 6 with 16). With 1-2 rows (GEMV) the
-  k loop is split over two accumulator sets to hide FMA latency.
+  MR fills the register file (14 with 32 registers, 6 with 16). With one row (GEMV), or
+  tiles of fewer than 4 accumulators, the k loop is split over two accumulator sets to
+  hide FMA latency.
 
 Over long reductions (k > 512) the sum runs in chunks of 256 whose sums are added to a
 total, for accuracy (``tile_whole``). With more than one row block the chunks are also the
@@ -50,9 +52,19 @@ PREFETCH_MIN_BYTES = 32 << 20  # ... from memory, being this big
 # 256x64 and 256x256 at 360 rows 1.12-1.13x, 64x1024 at 512 rows 1.81x, 10x256 2.28x.
 PACK_MIN_K = 2048
 PACK_MIN_PANELS = 8
+# At one row (GEMV) a panel of 2 vectors broadcasts x[k] for every 2 vector loads of W; 4
+# vectors (two accumulator sets: 8 chains) halve that. Measured on AVX2 (Zen 3), 2 threads,
+# kernels A/B in one process against 2 vectors: 3072x768 1.27x (0.159 -> 0.115 ms, where
+# onnxruntime takes 0.147), 768x3072 1.33x, 1024x1024 1.41x; 4096x4096, which streams
+# from memory, 1.02x. 6 vectors spill: 0.27-0.43x.
+GEMV_PANEL_VECTORS = 4
 
 
-def panel_width(out_features: int, lanes: int) -> int:
+def panel_width(out_features: int, lanes: int, rows: int = 0) -> int:
+    """Output columns per weight panel: 2 vectors, 1 when the output fits one, and
+    ``GEMV_PANEL_VECTORS`` when the plan runs the layer on one row (``rows``)."""
+    if rows == 1 and out_features >= GEMV_PANEL_VECTORS * lanes:
+        return GEMV_PANEL_VECTORS * lanes
     return lanes if out_features <= lanes else 2 * lanes
 
 
@@ -60,7 +72,7 @@ def prepare(spec, arrays, target):
     """W [O, K] -> {"w_panels": [P, K, NB]} (columns past O are zero)."""
     w = np.asarray(arrays["w"], dtype=np.float32)
     o, k = w.shape
-    nb = panel_width(o, vector_lanes(target))
+    nb = panel_width(o, vector_lanes(target), spec.rows)
     p = -(-o // nb)
     padded = np.zeros((p * nb, k), np.float32)
     padded[:o] = w
@@ -130,7 +142,7 @@ def _body(f: LinearFunc, panel_shape, lanes, registers, threads, knobs):
     def sum_terms(p, rb, m, k0, length):
         """acc[0] = rows [rb*mr, rb*mr+m) x panel p summed over k0 .. k0+length-1, from zero
         (two accumulator sets when the tile is too small to hide FMA latency)."""
-        splits = 2 if m * nvec < 4 and length >= 2 else 1
+        splits = 2 if (m * nvec < 4 or m == 1) and length >= 2 else 1
         acc = T.decl_buffer((splits, m, nb), F32, scope="local")
         with T.unroll(0, splits) as u:
             with T.unroll(0, m) as i:

@@ -28,7 +28,10 @@ from sparsec.layouts import parse_layout  # noqa: E402
 from sparsec.ops import SparseOpSpec, apply_epilogue  # noqa: E402
 from sparsec.plan import EpilogueStep  # noqa: E402
 from sparsec.testing import guarded_tensor  # noqa: E402
-from sparsec.codegen.tvm.kernels.linear_dense import even_tiles  # noqa: E402
+from sparsec.codegen.tvm.kernels.linear_dense import (  # noqa: E402
+    GEMV_PANEL_VECTORS,
+    even_tiles,
+)
 from sparsec.codegen.tvm.kernels.linear_csr import panel_major  # noqa: E402
 from sparsec.targetspec import PANEL_COLUMNS, csr_panel_columns, rows_block_vectors  # noqa: E402
 
@@ -400,6 +403,21 @@ def test_even_tiles():
     assert [even_tiles(r, 6) for r in (1, 3, 6, 7, 8, 9, 10, 12, 13, 128)] == [
         1, 3, 6, 6, 4, 6, 5, 6, 6, 6]
     assert even_tiles(16, 14) == 8  # AVX-512's 14-row tiles: 8 + 8
+
+
+@pytest.mark.parametrize("rows,plan_rows,out", [(1, 1, 70), (1, 1, 64), (1, 1, 20), (3, 1, 70),
+                                              (1, 0, 70)])
+def test_dense_gemv_panels(rows, plan_rows, out):
+    """A layer the plan runs on one row gets panels of GEMV_PANEL_VECTORS vectors (a last
+    panel partly padding, an output narrower than one panel keeps 2 vectors); built for
+    more rows than the plan said, the same panels still give the right answer."""
+    lanes = vector_lanes(HOST)
+    spec = SparseOpSpec("SparseLinear", "dense", out, 300, "fc", [], ["w"], rows=plan_rows)
+    w = np.random.default_rng(out).standard_normal((out, 300)).astype(np.float32)
+    nb = kernel_for(spec).prepare(spec, {"w": w}, HOST)["w_panels"].shape[2]
+    wide = plan_rows == 1 and out >= GEMV_PANEL_VECTORS * lanes
+    assert nb == (GEMV_PANEL_VECTORS if wide else min(2, -(-out // lanes))) * lanes
+    _check("dense", out, 300, rows, 1.0, steps=EPILOGUES[-1], plan_rows=plan_rows, seed=out)
 
 
 @pytest.mark.parametrize("rows", [1, 5])
