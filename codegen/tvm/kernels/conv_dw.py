@@ -25,13 +25,10 @@ run per tap. The stride-2 scatter deinterleaves pairs of vectors with two shuffl
 on images of ``DEINTERLEAVE_MIN_PIXELS`` and more, copies runs of an X deinterleaved once per
 image (``_Fused._scatter``).
 
-Row bands: with a fused projection, channel tasks each keep partial sums of all of it and
-add them up at the end. Where those outgrow L2 (``band_rows``), tasks run over bands of
-output rows instead: for each band, every channel's expand rows and halo go through a Z of
-the band's rows, the depthwise conv and the projection, whose sums for the band stay in
-cache and are stored with their epilogue when the band is done; no task adds up another's.
-
-The projection is added a group of channels at a time (``conv_dw_project``).
+How an image's work is split into parallel tasks, over channel ranges or, where a fused
+projection's partial sums outgrow L2, over bands of output rows, is ``conv_dw_schedule``;
+the projection is added a group of channels at a time (``conv_dw_project``). This module
+computes a block's channels into Z and through the depthwise conv (``_Fused``).
 
 Depthwise first (``spec.dw_before``, MobileNetV2's first block): there is no expand conv, Z
 takes X's channels as they are, and the node's own 1x1 conv is the projection. Its first
@@ -79,15 +76,13 @@ from sparsec.codegen.tvm.kernels.conv_dw_project import (
     group_channels,
     grouped_arrays,
 )
+from sparsec.codegen.tvm.kernels.conv_dw_schedule import band_rows, emit_bands, emit_channel_tasks
 from sparsec.codegen.tvm.kernels.conv_inner import _i32, _pow2_floor, acc_vectors, span
 from sparsec.errors import CompileError
 from sparsec.ops import SparseOpSpec
 from sparsec.plan import ConvAttrs
 
-TASKS_PER_CORE = 4  # channel ranges per core (each task zeroes its own Z once per image)
 DEINTERLEAVE_MIN_PIXELS = 56 * 56  # stride 2 over larger images: X's rows deinterleaved
-BAND_MIN_PART_BYTES = 256 << 10  # a projection's sums beyond this: tasks over row bands
-BAND_PART_BYTES = 128 << 10  # a band's projection sums at most
 
 
 @dataclass(frozen=True)
@@ -197,29 +192,6 @@ def _deinterleave(dst, d0, src, s0, par: int, count: int, vl: int) -> None:
         piece(start, m)
 
 
-def band_rows(g: DwGeometry, o_out: int, cores: int, knobs: dict) -> int:
-    """Output rows per band when tasks run over row bands (0: tasks run over channels).
-
-    Channel tasks each keep partial sums of the whole projection, ``O x OH x OW`` floats
-    per task, and add them up at the end; past ``BAND_MIN_PART_BYTES`` those no longer stay
-    in L2. Bands keep ``O x R x OW`` of them, all a band's channels added in place, at the
-    price of computing the expand conv's halo rows once per band. R divides OH (no tail
-    band), is at least 2 (a stride-1 expand conv would run three times over one-row bands),
-    keeps the sums within ``BAND_PART_BYTES`` and leaves every core two bands: the widest
-    such R that gives every core the same number of bands, else the widest."""
-    if "band_rows" in knobs:
-        r = int(knobs["band_rows"])
-        if r and g.oh % r:
-            raise CompileError(f"codegen/tvm: band_rows {r} does not divide {g.oh} rows")
-        return r
-    if o_out * g.oh * g.ow * 4 <= BAND_MIN_PART_BYTES:
-        return 0
-    fits = [r for r in range(2, g.oh + 1) if g.oh % r == 0 and g.oh // r >= 2 * cores
-            and o_out * r * g.ow * 4 <= BAND_PART_BYTES]
-    # whole rounds of bands over the cores first, then the widest band
-    return max(fits, key=lambda r: ((g.oh // r) % cores == 0, r), default=0)
-
-
 def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
           knobs=None) -> tirx.PrimFunc:
     """PrimFunc of a SparseConv with ``spec.depthwise``:
@@ -305,104 +277,10 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
                 if xp is not None:
                     _copy_rows(xf, xp, g, n, wp, vl, deinterleave)
                 if band:
-                    _emit_bands(k, n, blocks, cores)
+                    emit_bands(k, n, blocks, cores)
                 else:
-                    _emit_channel_tasks(k, n, blocks, cores, knobs)
+                    emit_channel_tasks(k, n, blocks, cores, knobs)
     return ib.get()
-
-
-def _zero(buf, size: int, vl: int, start=0) -> None:
-    vloop(size, lambda l: T.buffer_store(buf, tirx.const(0.0, F32), [start + l]), chunk=vl)
-
-
-def _channels(k: _Fused, blk, body) -> None:
-    """``body(rr, ch)`` for each channel of block ``blk`` (the last block's padding rows
-    skipped)."""
-    for rr in range(k.rows):
-        ch = T.Bind(blk * k.rows + rr)
-        if k.g.e % k.rows:
-            with T.If(ch < k.g.e):
-                with T.Then():
-                    body(rr, ch)
-        else:
-            body(rr, ch)
-
-
-def _emit_channel_tasks(k: _Fused, n, blocks: int, cores: int, knobs: dict) -> None:
-    """Tasks over channel ranges, each with its channels' whole planes in Z; with a
-    projection, over ranges of its channel groups: each task keeps a group's depthwise
-    output (``dg``), adds the group's share of the projection into its own partial sums
-    (``part``), and those are added up after the parallel loop."""
-    g, pj = k.g, k.pj
-    px = g.oh * g.ow
-    units = pj.groups if pj else blocks
-    # with a projection every task keeps partial sums of all of it: one task per core
-    tasks = max(1, min(units, cores if pj else
-                       int(knobs.get("tasks_per_core", TASKS_PER_CORE)) * cores))
-    per = -(-units // tasks)
-    tasks = -(-units // per)
-    part = T.decl_buffer((tasks * pj.out * px,), F32) if pj else None
-    with T.parallel(tasks) as t:
-        z = T.decl_buffer((k.rows * k.z_size,), F32)
-        _zero(z, k.rows * k.z_size, k.vl)
-        lo = T.Bind(t * per)
-        if pj:
-            dg = T.decl_buffer((pj.group * px,), F32)  # a group's depthwise output
-            _zero(part, pj.out * px, k.vl, t * (pj.out * px))
-            with span(lo, T.min(lo + per, units)) as q:
-                _group(k, n, z, dg, q, px, None)
-                pj.add(part, t * (pj.out * px), dg, q, px)
-        else:
-            with span(lo, T.min(lo + per, blocks)) as blk:
-                k.expand(z, n, blk)
-                _channels(k, blk, lambda rr, ch: k.depthwise(
-                    z, rr * k.z_size, ch, k.yf, T.Bind((n * g.e + ch) * px)))
-    if pj:
-        with T.parallel(pj.out) as o:
-            pj.put_task_sums(part, tasks, o, n, px)
-
-
-def _group(k: _Fused, n, z, dg, q, width: int, band) -> None:
-    """Group q's channels through the expand conv (``band``: its rows only) and the
-    depthwise conv into ``dg`` [group, width]."""
-    group = k.pj.group
-    first = T.Bind(q * (group // k.rows))
-    with span(first, T.min(first + group // k.rows, -(-k.g.e // k.rows))) as blk:
-        k.expand(z, n, blk, band)
-        _channels(k, blk, lambda rr, ch: k.depthwise(z, rr * k.z_size, ch, dg,
-                                                     T.Bind((ch - q * group) * width)))
-
-
-def _emit_bands(k: _Fused, n, blocks: int, cores: int) -> None:
-    """Tasks over bands of ``k.band`` output rows: for each band every channel's expand
-    rows (with the halo the depthwise taps need) go through Z, the depthwise conv and the
-    projection, whose sums for the band stay in ``part`` and are stored with its epilogue
-    when the band's last channel is done."""
-    g, r = k.g, k.band
-    bands = g.oh // r
-    per = -(-bands // cores)
-    tasks = -(-bands // per)
-    bpx = r * g.ow
-    pj = k.pj
-    with T.parallel(tasks) as t:
-        z = T.decl_buffer((k.rows * k.z_size,), F32)
-        dg = T.decl_buffer((pj.group * bpx,), F32)  # a group's depthwise output
-        part = T.decl_buffer((pj.out * bpx,), F32)
-        lo = T.Bind(t * per)
-        with span(lo, T.min(lo + per, bands)) as b:
-            # rows outside the image differ from band to band: zero Z for each
-            _zero(z, k.rows * k.z_size, k.vl)
-            _zero(part, pj.out * bpx, k.vl)
-            oh0 = T.Bind(b * r)
-            pu0 = oh0 * g.s  # the band's first padded input row
-            u_lo = T.Bind(T.max(pu0 - g.pt, 0))
-            u_hi = T.Bind(T.min(pu0 + (r - 1) * g.s + g.kh - g.pt, g.h))
-            with T.serial(pj.groups) as q:
-                _group(k, n, z, dg, q, bpx, (u_lo, u_hi, oh0))
-                pj.add(part, 0, dg, q, bpx)
-            with T.serial(pj.out) as o:
-                pj.put(o, lambda l: part[o * bpx + l],
-                       T.Bind((n * pj.out + o) * (g.oh * g.ow) + oh0 * g.ow), bpx)
 
 
 @dataclass

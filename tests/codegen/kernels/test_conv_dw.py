@@ -10,7 +10,7 @@ import pytest
 import torch
 import tvm
 
-from sparsec.codegen.tvm.kernels import conv_dw, kernel_for
+from sparsec.codegen.tvm.kernels import conv_dw, conv_dw_schedule, kernel_for
 from sparsec.errors import CompileError
 from sparsec.formats import pack
 from sparsec.ops import SparseOpSpec, apply_epilogue
@@ -208,11 +208,11 @@ def test_band_choice():
     more, dividing OH, every core the same number of bands where one divides."""
     g = conv_dw.dw_geometry(ConvAttrs((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 32),
                             (1, 32, 112, 112), 32, "e")
-    assert conv_dw.band_rows(g, 16, 2, {}) == 14  # 8 bands of 16 x 14 x 112 floats
-    assert conv_dw.band_rows(g, 4, 2, {}) == 0  # 4 x 112 x 112 floats fit
-    assert conv_dw.band_rows(g, 16, 2, {"band_rows": 7}) == 7
+    assert conv_dw_schedule.band_rows(g, 16, 2, {}) == 14  # 8 bands of 16 x 14 x 112 floats
+    assert conv_dw_schedule.band_rows(g, 4, 2, {}) == 0  # 4 x 112 x 112 floats fit
+    assert conv_dw_schedule.band_rows(g, 16, 2, {"band_rows": 7}) == 7
     with pytest.raises(CompileError, match="band_rows 5 does not divide 112"):
-        conv_dw.band_rows(g, 16, 2, {"band_rows": 5})
+        conv_dw_schedule.band_rows(g, 16, 2, {"band_rows": 5})
 
 
 def _run_before(x_shape, o, stride=1, pads=(1, 1, 1, 1), kernel=(3, 3), layout="chw-spmm",
