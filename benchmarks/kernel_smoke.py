@@ -30,6 +30,7 @@ from sparsec.codegen.tvm.kernels import kernel_for
 from sparsec.formats import pack, unpack
 from sparsec.layouts import parse_layout
 from sparsec.ops import SparseOpSpec
+from sparsec.timing import ort_session
 
 # (layout, out, in, density); every case runs at each --rows.
 CASES = [
@@ -81,20 +82,9 @@ def kernel_runner(layout, w, x, target):
 
 
 def ort_runner(w, x, threads):
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
+    from benchmarks.kernels import onnx_matmul
 
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "wt"], ["y"])], "bench",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [x.shape[0], w.shape[0]])],
-        [numpy_helper.from_array(np.ascontiguousarray(w.T), "wt")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(model.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
+    sess = ort_session(onnx_matmul(w, x.shape[0]), threads)
     return lambda: sess.run(None, {"x": x})
 
 
