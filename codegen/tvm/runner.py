@@ -41,12 +41,23 @@ def _aligned(x: np.ndarray, align: int = ALIGN) -> np.ndarray:
     return y
 
 
+SPIN_COUNT = 10000  # sched_yield calls a TVM worker makes before it sleeps (TVM: 300000)
+
+
 def configure_threads(num_threads: int | None) -> None:
     """TVM sizes its thread pool once, from TVM_NUM_THREADS, when it first runs parallel
     code; unset, it takes half the logical CPUs (1 on a 2-vCPU machine). We ask for every
-    core unless the caller (or the environment) already chose."""
+    core unless the caller (or the environment) already chose.
+
+    Its idle workers spin on ``sched_yield`` TVM_THREAD_POOL_SPIN_COUNT times before they
+    sleep: 300000 by default, about 0.22 s of a whole core after every call on the CI
+    machine, which slows whatever the user runs next. ``SPIN_COUNT`` is a few ms, still far
+    longer than the gaps between a model's kernels or between calls in a loop
+    (MobileNetV2-96 back to back: 1.01x the time at the default, median of 8 process
+    pairs). The environment's value wins."""
     if "TVM_NUM_THREADS" not in os.environ:
         os.environ["TVM_NUM_THREADS"] = str(num_threads or os.cpu_count() or 1)
+    os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", str(SPIN_COUNT))
 
 
 class VmRunner:

@@ -52,3 +52,59 @@ def test_benchmarks_interleave_with_pauses(monkeypatch):
         monkeypatch.setattr(mod, "settle", lambda p=pauses: p.append(1))
         run({"a": lambda: None, "b": lambda: None})
         assert len(pauses) == 4, mod.__name__
+
+
+def _busy_thread(seconds: float):
+    import threading
+    import time
+
+    stop = threading.Event()
+
+    def spin():
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end and not stop.is_set():
+            pass
+
+    t = threading.Thread(target=spin, daemon=True)
+    t.start()
+    return t, stop
+
+
+def test_settle_waits_until_other_threads_go_quiet():
+    import time
+
+    t, _ = _busy_thread(0.25)  # a pool still spinning after its engine's last call
+    start = time.perf_counter()
+    timing.settle()
+    waited = time.perf_counter() - start
+    t.join()
+    assert waited >= 0.2, waited
+    start = time.perf_counter()
+    timing.settle()  # nothing busy now
+    assert time.perf_counter() - start < timing.PAUSE_S + 0.2
+
+
+def test_settle_gives_up_after_quiet_max(monkeypatch):
+    import time
+
+    monkeypatch.setattr(timing, "QUIET_MAX_S", 0.1)
+    t, stop = _busy_thread(5.0)  # never quiet in time
+    start = time.perf_counter()
+    timing.settle()
+    waited = time.perf_counter() - start
+    stop.set()
+    t.join()
+    assert 0.1 <= waited < 0.5, waited
+
+
+def test_tvm_workers_spin_briefly_unless_the_environment_says(monkeypatch):
+    import os
+
+    from sparsec.codegen.tvm import runner
+
+    monkeypatch.delenv("TVM_THREAD_POOL_SPIN_COUNT", raising=False)
+    runner.configure_threads(None)
+    assert os.environ["TVM_THREAD_POOL_SPIN_COUNT"] == str(runner.SPIN_COUNT)
+    monkeypatch.setenv("TVM_THREAD_POOL_SPIN_COUNT", "7")
+    runner.configure_threads(None)
+    assert os.environ["TVM_THREAD_POOL_SPIN_COUNT"] == "7"
