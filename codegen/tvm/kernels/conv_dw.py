@@ -37,8 +37,8 @@ TVM's depthwise conv and a chw-spmm kernel, about 0.2-0.28 ms fused.
 
 Knobs: ``vector_lanes``, ``threads`` (as ``conv``), ``tile_lanes`` (pixels per tile, both
 loops), ``expand_lanes`` (pixels per expand tile only; overrides ``tile_lanes`` there),
-``pad_rows`` (copy each image's X with its rows padded to whole vectors; default: when the
-expand tiles of the rows as they are would not keep their accumulators in registers),
+``pad_rows`` (copy each image's X with its rows padded to whole vectors; default:
+``pad_rows_default``),
 ``tasks_per_core`` (channel blocks are split into this many tasks per core), ``band_rows``
 (0: channel tasks), ``deinterleave`` (stride 2: copy X's rows deinterleaved). On
 MobileNetV2-224 at 90%, tile_lanes 32/64/128 and tasks_per_core 2/4/8 measured within noise.
@@ -82,7 +82,7 @@ from sparsec.errors import CompileError
 from sparsec.ops import SparseOpSpec
 from sparsec.plan import ConvAttrs
 
-DEINTERLEAVE_MIN_PIXELS = 56 * 56  # stride 2 over larger images: X's rows deinterleaved
+DEINTERLEAVE_MIN_PIXELS = 40 * 40  # stride 2 over larger images: X's rows deinterleaved
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,29 @@ def _tile_registers(h: int, w: int, budget: int, vl: int) -> int:
     mode = _tiles(h, w, budget)
     widths = [mode[1] * w] if mode[0] == "rows" else [width for _, width in mode[1]]
     return max(sum(-(-m // vl) for _, m in pow2_pieces(width)) for width in widths)
+
+
+PAD_MAX_WASTE = 4 / 3  # padded rows computed per row: beyond this, ragged tiles are cheaper
+
+
+def pad_rows_default(g: DwGeometry, rows: int, e_budget: int, vl: int, before: bool) -> bool:
+    """Whether the expand reads X with its rows padded to whole vectors (``_copy_rows``)
+    unless the ``pad_rows`` knob says otherwise: when its tiles' accumulators would not fit
+    in registers, or, with several channels per block (dense), when a tile of whole rows
+    would be vectors of mixed widths (rows of 6 or 12 on AVX2: 8 + 4 lanes) and padding adds
+    at most a third of the work. Rows longer than a tile are cut into segments, of which
+    only the last is ragged (28x28, padded: 0.9x).
+
+    Mixed widths spill even where their count fits: LLVM unrolls the channel loop and hoists
+    every channel's broadcast. AVX2 (Zen 3), kernels A/B in one process, one thread, dense
+    expand at 0% on MobileNetV2-96's blocks: 32->192 at 12x12 1.17x, at 12x12 stride 2
+    1.29x, 64->384 at 6x6 1.32x, 96->576 at 6x6 1.40x and 1.46x (stride 2); 160->960 at
+    3x3, padded to 8 columns (2.7x the work), was 0.73x."""
+    if before or g.w % vl == 0:
+        return False
+    spills = rows * _tile_registers(g.h, g.w, e_budget, vl) > acc_vectors(vl)
+    ragged = rows > 1 and g.w <= e_budget and _round_up(g.w, vl) <= PAD_MAX_WASTE * g.w
+    return spills or ragged
 
 
 def _copy_rows(xf, xp, g: DwGeometry, n, wp: int, vl: int, deinterleave: bool) -> None:
@@ -224,10 +247,8 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
     if g.s == 2:
         budget -= budget % 2
         e_budget -= e_budget % 2
-    # rows of X padded to whole vectors (see ``_Fused.expand``) when the expand tiles of
-    # the rows as they are would not keep their accumulators in registers
-    spills = rows * _tile_registers(g.h, g.w, e_budget, vl) > acc_vectors(vl)
-    pad = bool(knobs.get("pad_rows", spills and not before)) and g.w % vl != 0
+    pad = bool(knobs.get("pad_rows", pad_rows_default(g, rows, e_budget, vl, before)))
+    pad = pad and g.w % vl != 0
     wp = _round_up(g.w, vl) if pad else g.w
     deinterleave = g.s == 2 and bool(knobs.get(
         "deinterleave", pad or g.h * g.w >= DEINTERLEAVE_MIN_PIXELS))  # ``_Fused._scatter``
@@ -416,7 +437,11 @@ class _Fused:
         shuffling E expanded ones: on MobileNetV2-224 at 90% (AVX2, Zen 3, A/B in one
         process) 1.29x for 16->96 at 112x112 and 1.22x for 24->144 at 56x56, but 0.90x at
         28x28 and 14x14, where the copy's own parallel loop costs more than it saves. Hence
-        ``DEINTERLEAVE_MIN_PIXELS``, unless the rows are copied anyway (padded)."""
+        ``DEINTERLEAVE_MIN_PIXELS``, unless the rows are copied anyway (padded). Remeasured
+        2026-12-01 with the engines' pools quiet between blocks (``sparsec.timing``): 16->96
+        at 48x48 (MobileNetV2-96) 1.11x at 0% and 1.07x at 90%, 32->192 at 28x28
+        0.97-0.98x: the threshold sits between them (24->144 at 24x24, 1.03-1.07x, is
+        within the noise and left as it was)."""
         g = self.g
         if g.s == 1:
             col = row + v0 + g.pl

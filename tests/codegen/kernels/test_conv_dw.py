@@ -98,6 +98,10 @@ DENSE_CASES = [  # x shape, E, stride, knobs: rows of X padded to whole vectors 
     ((1, 8, 14, 14), 20, 1, {"expand_lanes": 8}),  # row segments, not padded
     ((1, 8, 7, 7), 20, 1, {"expand_lanes": 32}),
     ((1, 8, 20, 30), 12, 2, {"expand_lanes": 8}),
+    ((1, 16, 6, 6), 30, 1, {}),  # padded: 8 + 4 lanes would spill (``pad_rows_default``)
+    ((2, 16, 12, 12), 30, 2, {}),  # padded, stride 2, two images
+    ((1, 16, 3, 3), 30, 1, {}),  # not padded: 8 columns for 3 is too much waste
+    ((1, 8, 48, 48), 12, 2, {}),  # stride 2, deinterleaved (DEINTERLEAVE_MIN_PIXELS)
 ]
 
 
@@ -113,6 +117,25 @@ def test_dense_expand_tiles(case):
     shape, e, stride, knobs = case
     out, ref = _run(shape, e, stride, layout="dense", density=1.0, knobs=knobs)
     np.testing.assert_allclose(out, ref, **TOL)
+
+
+def _geometry(h, w, stride=1, e=96):
+    dw = ConvAttrs((3, 3), (stride, stride), (1, 1, 1, 1), (1, 1), e)
+    return conv_dw.dw_geometry(dw, (1, 16, h, w), e, "t")
+
+
+@pytest.mark.parametrize("h, w, rows, before, padded", [
+    (6, 6, 6, False, True),  # dense: a tile of two rows is 8 + 4 lanes
+    (12, 12, 6, False, True),
+    (14, 14, 6, False, True),  # 18 accumulators: spills
+    (3, 3, 6, False, False),  # 8 columns for 3: 2.7x the work
+    (28, 28, 6, False, False),  # segments of a row: only the last ragged
+    (16, 16, 6, False, False),  # whole vectors already
+    (6, 6, 1, False, False),  # csr: one channel's accumulators fit
+    (6, 6, 6, True, False),  # depthwise first: nothing to expand
+])
+def test_pad_rows_default(h, w, rows, before, padded):
+    assert conv_dw.pad_rows_default(_geometry(h, w), rows, 16, 8, before) is padded
 
 
 def test_padded_rows_sparse():
