@@ -17,9 +17,9 @@ against a spinning TVM worker for its whole block.
 
 So ``settle()`` waits until the other threads of the process have gone quiet (at most
 ``QUIET_MAX_S``), and sparsec's runtime asks TVM's workers to spin for 10000 yields
-(``codegen.tvm.runner.configure_threads``: a few ms; MobileNetV2-96 back to back ran
-1.01x the time with the default, median of 8 process pairs), so they no longer hold a core
-for 0.2 s after every call.
+(``codegen.tvm.runner.configure_threads``: a few ms; MobileNetV2-96 back to back took
+1.01x the time it takes at TVM's default, median of 8 process pairs), so they no longer
+hold a core for 0.2 s after every call.
 """
 
 from __future__ import annotations

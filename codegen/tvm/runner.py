@@ -53,8 +53,8 @@ def configure_threads(num_threads: int | None) -> None:
     sleep: 300000 by default, about 0.22 s of a whole core after every call on the CI
     machine, which slows whatever the user runs next. ``SPIN_COUNT`` is a few ms, still far
     longer than the gaps between a model's kernels or between calls in a loop
-    (MobileNetV2-96 back to back: 1.01x the time at the default, median of 8 process
-    pairs). The environment's value wins."""
+    (MobileNetV2-96 back to back took 1.01x the time it takes at TVM's default, median of 8
+    process pairs). The environment's value wins."""
     if "TVM_NUM_THREADS" not in os.environ:
         os.environ["TVM_NUM_THREADS"] = str(num_threads or os.cpu_count() or 1)
     os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", str(SPIN_COUNT))
