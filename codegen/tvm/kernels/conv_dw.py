@@ -27,8 +27,10 @@ image (``_Fused._scatter``).
 
 How an image's work is split into parallel tasks, over channel ranges or, where a fused
 projection's partial sums outgrow L2, over bands of output rows, is ``conv_dw_schedule``;
-the projection is added a group of channels at a time (``conv_dw_project``). This module
-computes a block's channels into Z and through the depthwise conv (``_Fused``).
+the projection is added a group of channels at a time (``conv_dw_project``); how an
+image's rows are tiled, and when X is copied with its rows padded or deinterleaved, is
+``conv_dw_rows``. This module computes a block's channels into Z and through the depthwise
+conv (``_Fused``).
 
 Depthwise first (``spec.dw_before``, MobileNetV2's first block): there is no expand conv, Z
 takes X's channels as they are, and the node's own 1x1 conv is the projection. Its first
@@ -47,15 +49,6 @@ expand tile mattered and no single width won: ``expand_lanes`` 8 against the def
 was 1.18-1.25x at 14x14 (64->384, 96->576), 0.97-1.08x at 28x28 and 0.5x at 7x7
 (160->960), where 32 was 1.0-1.2x. With padded rows the default is faster than 8 at 14x14
 (1.3x). A tuner should search it.
-
-Padded rows: a dense expand tile is 6 channels times a run of pixels. A 7x7 or 14x14 image
-has rows of 7 or 14, runs of 14 that ``vloop`` cuts into vectors of 8, 4 and 2: 18
-accumulators, which AVX2's 16 registers cannot hold. With each image's X copied into rows of
-8 or 16 (``_copy_rows``, once per image before the parallel loop), a tile is whole vectors,
-and the padding lanes are computed and dropped. Measured on AVX2 (Zen 3), kernels A/B in one
-process: 160->960 at 7x7 1.70-1.86x, 64->384 and 96->576 at 14x14 1.6-1.8x; 28x28 and
-larger are not padded (0.9x when forced at 28x28). MobileNetV2-224 at 0% went from
-0.76-0.90x onnxruntime to 1.04-1.07x.
 """
 
 from __future__ import annotations
@@ -70,20 +63,25 @@ from tvm.tirx.script import builder as T
 from sparsec.codegen.tvm.kernels import KernelDef
 from sparsec.codegen.tvm.kernels import epilogue as epi
 from sparsec.codegen.tvm.kernels.conv import _cores, _prepare_dense, _prepare_same, simd_lanes
-from sparsec.codegen.tvm.kernels.conv_geometry import F32, _round_up, pow2_pieces, vloop
+from sparsec.codegen.tvm.kernels.conv_geometry import F32, _round_up, vloop
 from sparsec.codegen.tvm.kernels.conv_dw_project import (
     Projection,
     group_channels,
     grouped_arrays,
+)
+from sparsec.codegen.tvm.kernels.conv_dw_rows import (
+    DEINTERLEAVE_MIN_PIXELS,
+    copy_rows,
+    deinterleave_into,
+    pad_rows_default,
+    row_tiles,
+    tiles,
 )
 from sparsec.codegen.tvm.kernels.conv_dw_schedule import band_rows, emit_bands, emit_channel_tasks
 from sparsec.codegen.tvm.kernels.conv_inner import _i32, _pow2_floor, acc_vectors, span
 from sparsec.errors import CompileError
 from sparsec.ops import SparseOpSpec
 from sparsec.plan import ConvAttrs
-
-DEINTERLEAVE_MIN_PIXELS = 40 * 40  # stride 2 over larger images: X's rows deinterleaved
-
 
 @dataclass(frozen=True)
 class DwGeometry:
@@ -122,97 +120,6 @@ def dw_geometry(dw: ConvAttrs, in_shape, e: int, entry: str) -> DwGeometry:
         raise CompileError(f"codegen/tvm: fused depthwise after {entry}: empty output or "
                            f"negative pads (input {h}x{w}, kernel {kh}x{kw}, pads {dw.pads})")
     return DwGeometry(n, c, h, w, e, kh, kw, sh, pt, pl, oh, ow, -(-hp // sh), -(-wp // sh))
-
-
-def _tiles(rows: int, cols: int, budget: int):
-    """Row tiles of ``rows x cols`` for at most ``budget`` lanes: ("rows", R, count, tail R)
-    when whole rows fit, else ("seg", [(col0, width)...]) per row."""
-    if cols <= budget:
-        r = max(1, min(rows, budget // cols))
-        return "rows", r, rows // r, rows % r
-    segs = [(c0, min(budget, cols - c0)) for c0 in range(0, cols, budget)]
-    return "seg", segs
-
-
-def _row_tiles(mode, body) -> None:
-    """``body(first row, rows)`` for each tile of a ("rows", R, count, tail) mode: a loop
-    over the whole tiles, then the tail tile."""
-    _, r, count, tail = mode
-    if count:
-        with T.serial(count) as rb:
-            body(T.Bind(rb * r), r)
-    if tail:
-        body(count * r, tail)
-
-
-def _tile_registers(h: int, w: int, budget: int, vl: int) -> int:
-    """Vector registers of one channel's accumulators in the widest expand tile of an h x w
-    image (``_tiles``), each run cut in power-of-two pieces as ``vloop`` emits it."""
-    mode = _tiles(h, w, budget)
-    widths = [mode[1] * w] if mode[0] == "rows" else [width for _, width in mode[1]]
-    return max(sum(-(-m // vl) for _, m in pow2_pieces(width)) for width in widths)
-
-
-PAD_MAX_WASTE = 4 / 3  # padded rows computed per row: beyond this, ragged tiles are cheaper
-
-
-def pad_rows_default(g: DwGeometry, rows: int, e_budget: int, vl: int, before: bool) -> bool:
-    """Whether the expand reads X with its rows padded to whole vectors (``_copy_rows``)
-    unless the ``pad_rows`` knob says otherwise: when its tiles' accumulators would not fit
-    in registers, or, with several channels per block (dense), when a tile of whole rows
-    would be vectors of mixed widths (rows of 6 or 12 on AVX2: 8 + 4 lanes) and padding adds
-    at most a third of the work. Rows longer than a tile are cut into segments, of which
-    only the last is ragged (28x28, padded: 0.9x).
-
-    Mixed widths spill even where their count fits: LLVM unrolls the channel loop and hoists
-    every channel's broadcast. AVX2 (Zen 3), kernels A/B in one process, one thread, dense
-    expand at 0% on MobileNetV2-96's blocks: 32->192 at 12x12 1.17x, at 12x12 stride 2
-    1.29x, 64->384 at 6x6 1.32x, 96->576 at 6x6 1.40x and 1.46x (stride 2); 160->960 at
-    3x3, padded to 8 columns (2.7x the work), was 0.73x."""
-    if before or g.w % vl == 0:
-        return False
-    spills = rows * _tile_registers(g.h, g.w, e_budget, vl) > acc_vectors(vl)
-    ragged = rows > 1 and g.w <= e_budget and _round_up(g.w, vl) <= PAD_MAX_WASTE * g.w
-    return spills or ragged
-
-
-def _copy_rows(xf, xp, g: DwGeometry, n, wp: int, vl: int, deinterleave: bool) -> None:
-    """xp[c, u, :] = X[n, c, u, :] followed by zeros up to ``wp`` (parallel over channels);
-    ``deinterleave``: the row's even columns first, then its odd ones (``_Fused._scatter``)."""
-    p = g.h * g.w
-    with T.parallel(g.c) as c:
-        with T.serial(g.h) as u:
-            src = T.Bind(n * (g.c * p) + c * p + u * g.w)
-            dst = T.Bind((c * g.h + u) * wp)
-            if not deinterleave:
-                vloop(g.w, lambda l: T.buffer_store(xp, xf[src + l], [dst + l]), chunk=vl)
-            else:
-                half = g.w // 2
-                for par in (0, 1):
-                    _deinterleave(xp, T.Bind(dst + par * half), xf, src, par, half, vl)
-            vloop(wp - g.w, lambda l: T.buffer_store(xp, tirx.const(0.0, F32),
-                                                     [dst + g.w + l]))
-
-
-def _deinterleave(dst, d0, src, s0, par: int, count: int, vl: int) -> None:
-    """dst[d0 + i] = src[s0 + 2 i + par] for i < count: pairs of vectors, one shuffle each
-    (LLVM lowers a shuffle wider than one vector partly lane by lane on AVX2). The pair is
-    read from s0 + 2 i even for the odd lanes, so nothing past the row is read."""
-
-    def piece(i, m: int) -> None:
-        if m == 1:
-            T.buffer_store(dst, src[s0 + 2 * i + par], [d0 + i])
-            return
-        pair = [src[T.Ramp(s0 + 2 * i, 1, m)], src[T.Ramp(s0 + 2 * i + m, 1, m)]]
-        T.buffer_store(dst, tirx.Shuffle(pair, [par + 2 * j for j in range(m)]),
-                       [T.Ramp(d0 + i, 1, m)])
-
-    full, rest = divmod(count, vl)
-    if full:
-        with T.serial(full) as b:
-            piece(b * vl, vl)
-    for start, m in pow2_pieces(rest, full * vl):
-        piece(start, m)
 
 
 def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
@@ -296,7 +203,7 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
                        before, wp, deinterleave, band or g.oh)
             with T.serial(g.n) as n:
                 if xp is not None:
-                    _copy_rows(xf, xp, g, n, wp, vl, deinterleave)
+                    copy_rows(xf, xp, g, n, wp, vl, deinterleave)
                 if band:
                     emit_bands(k, n, blocks, cores)
                 else:
@@ -320,13 +227,13 @@ class _Fused:
     dw_steps: list
     pj: Projection | None
     identity: bool  # no expand conv: Z takes X's channel as it is (depthwise before the 1x1)
-    wp: int  # row length of ``xf``: W, or W padded to whole vectors (``_copy_rows``)
+    wp: int  # row length of ``xf``: W, or W padded to whole vectors (``copy_rows``)
     deinterleaved: bool  # ``xf`` holds each row's even columns first, then its odd ones
     band: int  # output rows that Z holds: OH, or a band's (``band_rows``)
 
     @property
     def copied(self) -> bool:
-        """``xf`` is one image's copy of X (``_copy_rows``), not X."""
+        """``xf`` is one image's copy of X (``copy_rows``), not X."""
         return self.wp != self.g.w or self.deinterleaved
 
     @property
@@ -356,15 +263,15 @@ class _Fused:
         channels of those take 18 accumulators: more than AVX2's 16 registers."""
         g, wp = self.g, self.wp
         if band is None:
-            mode, row0 = _tiles(g.h, wp, self.e_budget), 0
+            mode, row0 = tiles(g.h, wp, self.e_budget), 0
             if mode[0] == "rows":
-                _row_tiles(mode, lambda u0, r: self._expand_tile(z, n, blk, u0, r, 0, g.w,
+                row_tiles(mode, lambda u0, r: self._expand_tile(z, n, blk, u0, r, 0, g.w,
                                                                  row0=0))
                 return
             lo, hi = 0, g.h
         else:
             lo, hi, row0 = band
-            mode = _tiles(1, wp, self.e_budget)
+            mode = tiles(1, wp, self.e_budget)
             if mode[0] == "rows":
                 with span(lo, hi) as u:
                     self._expand_tile(z, n, blk, u, 1, 0, g.w, row0=row0)
@@ -432,7 +339,7 @@ class _Fused:
         """Z[plane row of ``row``] <- stage[s0 : s0 + cols], E's columns v0.. of one row of
         ``xf``. At stride 2 the row's even and odd pixels go to two column phases' planes:
         deinterleaved by shuffles, or, when ``xf`` holds X's rows deinterleaved already
-        (even columns, then odd ones: ``_copy_rows``), as two contiguous runs. A 1x1 conv
+        (even columns, then odd ones: ``copy_rows``), as two contiguous runs. A 1x1 conv
         keeps any order of pixels, so deinterleaving X's C channels once per image saves
         shuffling E expanded ones: on MobileNetV2-224 at 90% (AVX2, Zen 3, A/B in one
         process) 1.29x for 16->96 at 112x112 and 1.22x for 24->144 at 56x56, but 0.90x at
@@ -461,7 +368,7 @@ class _Fused:
         for par in (0, 1):
             pv = v0 + par + g.pl
             dst = T.Bind(row + (pv % 2) * self.plane + pv // 2)
-            _deinterleave(z, dst, stage, s0, par, (cols - par + 1) // 2, self.vl)
+            deinterleave_into(z, dst, stage, s0, par, (cols - par + 1) // 2, self.vl)
 
     # ------------------------------------------------------------ depthwise: Z -> D
 
@@ -469,9 +376,9 @@ class _Fused:
         """D[ch] from channel ch's Z (at ``z0``) into ``out[ybase:]`` (the band's rows x
         OW)."""
         g = self.g
-        mode = _tiles(self.band, g.wq, self.budget)
+        mode = tiles(self.band, g.wq, self.budget)
         if mode[0] == "rows":
-            _row_tiles(mode, lambda u0, r: self._dw_rows(z, z0, ch, out, ybase, u0, r))
+            row_tiles(mode, lambda u0, r: self._dw_rows(z, z0, ch, out, ybase, u0, r))
         else:
             segs = [(c0, min(self.budget, g.ow - c0)) for c0 in range(0, g.ow, self.budget)]
             with T.serial(self.band) as oh:
@@ -510,8 +417,8 @@ class _Fused:
 
 def _with_projection(prepare):
     """``prepare`` for the expand conv's arrays, plus the projection's (``pj_*`` keys)
-    grouped (``conv_dw_project.grouped_arrays``); a depthwise conv before the node's 1x1 conv makes that conv the
-    projection, its arrays only grouped."""
+    grouped (``conv_dw_project.grouped_arrays``); a depthwise conv before the node's 1x1
+    conv makes that conv the projection, its arrays only grouped."""
 
     def run(spec: SparseOpSpec, arrays: dict[str, np.ndarray], target):
         if spec.dw_before:

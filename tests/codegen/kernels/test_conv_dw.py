@@ -10,7 +10,7 @@ import pytest
 import torch
 import tvm
 
-from sparsec.codegen.tvm.kernels import conv_dw, conv_dw_schedule, kernel_for
+from sparsec.codegen.tvm.kernels import conv_dw, conv_dw_rows, conv_dw_schedule, kernel_for
 from sparsec.errors import CompileError
 from sparsec.formats import pack
 from sparsec.ops import SparseOpSpec, apply_epilogue
@@ -135,7 +135,7 @@ def _geometry(h, w, stride=1, e=96):
     (6, 6, 6, True, False),  # depthwise first: nothing to expand
 ])
 def test_pad_rows_default(h, w, rows, before, padded):
-    assert conv_dw.pad_rows_default(_geometry(h, w), rows, 16, 8, before) is padded
+    assert conv_dw_rows.pad_rows_default(_geometry(h, w), rows, 16, 8, before) is padded
 
 
 def test_padded_rows_sparse():
