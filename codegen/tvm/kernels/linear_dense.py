@@ -14,14 +14,15 @@
   tiles of fewer than 4 accumulators, the k loop is split over two accumulator sets to
   hide FMA latency.
 
-Over long reductions (k > 512) the sum runs in chunks of 256 whose sums are added to a
-total, for accuracy (``tile_whole``). With more than one row block the chunks are also the
+Over long reductions (k > ``CHUNK_ABOVE``, 1024) the sum runs in chunks of 256 whose sums
+are added to a total, for accuracy (``tile_whole``). With more than one row block the chunks are also the
 outermost loop of each task (GotoBLAS order, ``tile_chunk``): a chunk of packed X is
 reused from L2 by every panel of the task. A weight that streams from memory once (one
 row block, 32 MiB or more) is prefetched 32 k steps ahead.
 
-Knobs (all optional): ``mr`` rows per micro-tile, ``k_chunk``, ``prefetch`` (k steps, 0
-off), ``pack`` (X into ``XP``: True/False), ``threads``, ``lanes``.
+Knobs (all optional): ``mr`` rows per micro-tile, ``k_chunk``, ``chunk_above`` (the k
+above which the sum is chunked), ``prefetch`` (k steps, 0 off), ``pack`` (X into ``XP``:
+True/False), ``threads``, ``lanes``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ from sparsec.codegen.tvm.kernels.linear_common import (
 
 
 K_CHUNK = 256  # terms summed before a partial sum joins the total (see ``tile_whole``)
+# ... when k is longer than this. Up to it a single running sum is about 2x less accurate
+# (relative error 1.0-1.3e-6 against 3.8-4.9e-7 at k = 768-1024; chunked matches MLAS bit for
+# bit) and faster: the blocked order's partial sums and its per-chunk sweeps cost more than
+# they save on a weight that short. Measured on AVX2 (Zen 3), 2 threads, kernels A/B in one
+# process against chunks of 256: 128 rows 1.09-1.14x at 3072x768, 1.12x at 2304x768, 1.03x
+# at 768x768, 1.07x at 1024x1024; 1-32 rows within noise (0.99-1.12x).
+CHUNK_ABOVE = 1024
 PREFETCH = 32  # k steps ahead to prefetch W when it streams through once ...
 PREFETCH_MIN_BYTES = 32 << 20  # ... from memory, being this big
 # Packing X pays back over many panels and long rows only. Measured on AVX2 (Zen 3), one
@@ -124,7 +132,7 @@ def _body(f: LinearFunc, panel_shape, lanes, registers, threads, knobs):
         return f.X[rb * mr + i, kk] if xp is None else xp[rb, kk, i]
 
     kc = int(knobs.get("k_chunk", K_CHUNK))
-    chunked = k > 2 * kc  # sum k in chunks of kc (accuracy; see ``tile_whole``)
+    chunked = k > int(knobs.get("chunk_above", CHUNK_ABOVE))  # (see ``tile_whole``)
     blocked = chunked and nrb > 1  # ... and run the chunks outermost (see below)
     if blocked:
         # Partial sums of rows x panels between k chunks (the last chunk stores into Y).

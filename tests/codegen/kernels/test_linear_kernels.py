@@ -29,6 +29,7 @@ from sparsec.ops import SparseOpSpec, apply_epilogue  # noqa: E402
 from sparsec.plan import EpilogueStep  # noqa: E402
 from sparsec.testing import guarded_tensor  # noqa: E402
 from sparsec.codegen.tvm.kernels.linear_dense import (  # noqa: E402
+    CHUNK_ABOVE,
     GEMV_PANEL_VECTORS,
     even_tiles,
 )
@@ -389,6 +390,21 @@ def test_long_reductions_are_summed_in_chunks(layout, density, rows):
 def test_dense_with_and_without_packed_x(pack, rows):
     """X packed into row blocks (by default only for K >= 2048 and 8+ panels) or read in place."""
     _check("dense", 70, 300, rows, 1.0, knobs={"pack": pack}, seed=rows)
+
+
+@pytest.mark.parametrize("rows", [1, 13])
+def test_dense_chunked_sums_forced(rows):
+    """The chunked sums (by default only for k > CHUNK_ABOVE) on a short k: chunks of 64
+    and a short last one, in registers at 1 row, in the k-blocked order at 13 (3 row blocks)."""
+    _check("dense", 70, 300, rows, 1.0, knobs={"chunk_above": 0, "k_chunk": 64}, seed=rows)
+
+
+@pytest.mark.parametrize("rows", [1, 40])
+def test_dense_unchunked_accuracy(rows):
+    """Up to k = CHUNK_ABOVE the sum is one running sum: still within 1e-5 of float64."""
+    w = _weight("dense", 64, CHUNK_ABOVE, 1.0, np.random.default_rng(rows))
+    y, ref = _run("dense", w, rows)
+    assert np.abs(y - ref).max() < 1e-5 * np.abs(ref).max()
 
 
 @pytest.mark.parametrize("rows", [8, 10])
