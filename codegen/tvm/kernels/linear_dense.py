@@ -18,7 +18,7 @@ Over long reductions (k > ``CHUNK_ABOVE``, 1024) the sum runs in chunks of 256 w
 are added to a total, for accuracy (``tile_whole``). With more than one row block the chunks are also the
 outermost loop of each task (GotoBLAS order, ``tile_chunk``): a chunk of packed X is
 reused from L2 by every panel of the task. A weight that streams from memory once (one
-row block, 32 MiB or more) is prefetched 32 k steps ahead.
+row block of 2 or more rows, 32 MiB or more) is prefetched 32 k steps ahead.
 
 Knobs (all optional): ``mr`` rows per micro-tile, ``k_chunk``, ``chunk_above`` (the k
 above which the sum is chunked), ``prefetch`` (k steps, 0 off), ``pack`` (X into ``XP``:
@@ -144,7 +144,11 @@ def _body(f: LinearFunc, panel_shape, lanes, registers, threads, knobs):
     # With one row block, W streams through once and nothing reuses it; when it is also too
     # big to stay in cache, prefetch it. Measured: 4096x4096 (64 MiB), 4-14 rows: 1.2-1.5x
     # faster; 3072x768 and 1024x1024 (cache-resident), 8 rows: 1.3-1.5x slower, so not there.
-    streams = nrb == 1 and npanel * k * nb * 4 >= PREFETCH_MIN_BYTES
+    # Not at one row either: the GEMV's 4-vector panels stream fine without, and the
+    # prefetches (one per 2 loads) slowed it: 4096x4096 and 8192x2048 1.19-1.27x faster
+    # without (2 threads, A/B in one process; onnxruntime 0.87-0.92x -> 1.08-1.10x). At 2
+    # rows prefetching still pays (1.19-1.32x).
+    streams = nrb == 1 and rows > 1 and npanel * k * nb * 4 >= PREFETCH_MIN_BYTES
     pf = int(knobs.get("prefetch", PREFETCH if streams else 0))  # k steps ahead; 0: none
 
     def sum_terms(p, rb, m, k0, length):

@@ -436,6 +436,17 @@ def test_dense_gemv_panels(rows, plan_rows, out):
     _check("dense", out, 300, rows, 1.0, steps=EPILOGUES[-1], plan_rows=plan_rows, seed=out)
 
 
+def test_dense_prefetch_default():
+    """A weight of 32 MiB streamed once is prefetched at 2 rows, not at one (the GEMV)."""
+    o, k = 2048, 4096
+    w = np.zeros((o, k), np.float32)
+    for rows, want in ((1, False), (2, True)):
+        spec = SparseOpSpec("SparseLinear", "dense", o, k, "fc", [], ["w"], rows=rows)
+        kdef = kernel_for(spec)
+        func = kdef.build(spec, (rows, k), kdef.prepare(spec, {"w": w}, HOST), HOST)
+        assert ("llvm.prefetch" in func.script()) == want, rows
+
+
 @pytest.mark.parametrize("rows", [1, 5])
 def test_dense_prefetch_path(rows):
     """W prefetching (on by default only for weights over 32 MiB) is forced on a small one."""
