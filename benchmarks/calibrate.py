@@ -1,13 +1,17 @@
-"""Fit the layout cost model to a ``benchmarks.kernels --candidates`` run on this machine.
+"""Fit the layout cost model to ``benchmarks.kernels --candidates`` runs on this machine.
 
     python -m benchmarks.kernels --candidates --out /tmp/k
-    python -m benchmarks.calibrate /tmp/k/kernels.json [--write] [--record]
+    python -m benchmarks.calibrate /tmp/k/kernels.json [more runs ...] [--write] [--record]
 
 Prints how often the current constants pick the fastest measured layout, fits new ones
-(``sparsec.passes.calibration``) and prints the same for them. ``--write`` stores the fitted
-constants as ``targets/calibration/cpu-<isa>.json`` (the instruction set of the host that
-was measured, from the run's metadata); ``--record`` copies the measurements to
-``benchmarks/recorded/kernels-<isa>.json``, which the decision test reads.
+(``sparsec.passes.calibration``) to the points of every run given together, and prints
+the same for them, run by run. Two runs of one suite give the fit two samples of every
+point: a shared machine's noise moves single points by 10-30%, and one run's outliers
+pulled a fit of that run alone to a 2.8x miss elsewhere (RESULTS.md, 2026-12-01).
+``--write`` stores the fitted constants as ``targets/calibration/cpu-<isa>.json`` (the
+instruction set of the host that was measured, from the runs' metadata); ``--record``
+copies each run's measurements to ``benchmarks/recorded/kernels-<isa>-<date>.json``, which
+the decision test reads.
 """
 
 from __future__ import annotations
@@ -33,53 +37,73 @@ def report(name: str, s: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
-    ap.add_argument("results", type=Path, help="kernels.json of a --candidates run")
+    ap.add_argument("results", type=Path, nargs="+",
+                    help="kernels.json of --candidates runs (one instruction set)")
     ap.add_argument("--write", action="store_true", help="write targets/calibration/cpu-<isa>.json")
     ap.add_argument("--record", action="store_true",
-                    help="copy the measurements to benchmarks/recorded/kernels-<isa>.json")
+                    help="copy the measurements to benchmarks/recorded/kernels-<isa>-<date>.json")
     args = ap.parse_args(argv)
 
     from sparsec.passes import calibration
     from sparsec.targets import cpu
 
-    try:
-        data = json.loads(args.results.read_text())
-    except (OSError, ValueError) as exc:
-        print(f"error: cannot read {args.results}: {exc}", file=sys.stderr)
-        return 2
-    points = calibration.measured_points(data["points"])
-    if not points:
-        print("error: no point has candidate timings; run benchmarks.kernels --candidates",
+    runs = []
+    for path in args.results:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            print(f"error: cannot read {path}: {exc}", file=sys.stderr)
+            return 2
+        points = calibration.measured_points(data.get("points", []))
+        if not points:
+            print(f"error: no point of {path} has candidate timings; run benchmarks.kernels "
+                  "--candidates", file=sys.stderr)
+            return 2
+        meta = data.get("meta", {})
+        runs.append((path, data, meta, meta.get("isa") or cpu.isa(cpu.detect_host()), points))
+    families = {r[3] for r in runs}
+    if len(families) > 1:
+        print(f"error: the runs measured different instruction sets ({', '.join(families)})",
               file=sys.stderr)
         return 2
-    meta = data.get("meta", {})
-    family = meta.get("isa") or cpu.isa(cpu.detect_host())
+    family = families.pop()
+    meta = runs[-1][2]
     lanes = 16 if family == "avx512" else 8
     spec = replace(cpu.SPEC, vector_lanes=lanes, cost=cpu.calibrated_cost(family))
-    print(report(f"current constants ({family})", calibration.summary(points, spec, TOLERANCE)))
-    fitted = calibration.fit(points, spec)
+    everything = [m for run in runs for m in run[4]]
+    fitted = calibration.fit(everything, spec)
     new = replace(spec, cost=fitted)
-    print(report("fitted constants", calibration.summary(points, new, TOLERANCE)))
-    for m, r in zip(points, calibration.regrets(points, new)):
-        if r > TOLERANCE:
-            print(f"  off: {m.label}: picks {calibration.choice(m, new)}, measured "
-                  + ", ".join(f"{k} {v:.3f}" for k, v in sorted(m.ms.items(), key=lambda kv: kv[1])))
+    for path, _, run_meta, _, points in runs:
+        print(f"{path} ({run_meta.get('date', '?')}):")
+        print("  " + report(f"current constants ({family})",
+                            calibration.summary(points, spec, TOLERANCE)))
+        print("  " + report("fitted constants", calibration.summary(points, new, TOLERANCE)))
+        for m, r in zip(points, calibration.regrets(points, new)):
+            if r > TOLERANCE:
+                print(f"    off: {m.label}: picks {calibration.choice(m, new)}, measured "
+                      + ", ".join(f"{k} {v:.3f}" for k, v in sorted(m.ms.items(),
+                                                                   key=lambda kv: kv[1])))
     print(json.dumps(calibration.cost_dict(fitted), indent=1))
     if args.write:
         out = ROOT / "targets" / "calibration" / f"cpu-{family}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
+        dates = ", ".join(run[2].get("date", "?") for run in runs)
         out.write_text(json.dumps({
             "isa": family, "date": time.strftime("%Y-%m-%d"), "machine": meta.get("machine"),
-            "source": "python -m benchmarks.calibrate (fit to benchmarks.kernels --candidates)",
+            "source": "python -m benchmarks.calibrate (fit to benchmarks.kernels --candidates"
+                      f" runs of {dates})",
             "cost": calibration.cost_dict(fitted)}, indent=1) + "\n")
         print(f"wrote {out}")
     if args.record:
-        out = ROOT / "benchmarks" / "recorded" / f"kernels-{family}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
         keep = ("shape", "pattern", "density", "batch", "layout", "stats", "candidates_ms")
-        out.write_text(json.dumps({"meta": {**meta, "isa": family}, "points": [
-            {k: p[k] for k in keep if k in p} for p in data["points"]]}, indent=None) + "\n")
-        print(f"wrote {out}")
+        for _, data, run_meta, _, _ in runs:
+            date = run_meta.get("date") or time.strftime("%Y-%m-%d")
+            out = ROOT / "benchmarks" / "recorded" / f"kernels-{family}-{date}.json"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps({"meta": {**run_meta, "isa": family}, "points": [
+                {k: p[k] for k in keep if k in p} for p in data["points"]]}, indent=None)
+                + "\n")
+            print(f"wrote {out}")
     return 0
 
 

@@ -9,11 +9,13 @@ kernel executes on what it stores, padding included)::
 
     layout      flops                  rate (rows == 1 | 2..lanes | more)     stored_bytes
     dense       2*O*K*rows             dense_gflops (Conv: conv_dense_gflops) 4*O*K
-    csr         2*nnz*prows            csr_gflops | csr_batch | csr_wide      nnz*(4+idx) + 4*(O+1)
+    csr         2*nnz*prows            csr_gflops | csr_batch | csr_wide (*)  nnz*(4+idx) + 4*(O+1)
     chw-spmm    2*nnz*rows             chw_spmm_gflops                        as csr
     bsrRxC      2*nblocks*R*C*prows    bsr_gflops | bsr_batch | bsr_wide      nblocks*(4*R*C+idx)
     nmN:M       2*O*K*(N/M)*prows      nm_gflops | nm_batch | nm_wide         O*K*(N/M)*5
 
+(*) ``csr_panel4_gflops`` where the kernel runs column panels in 4-vector row blocks (4 to 8
+vectors of rows and k > 256: ``csr_panel_columns``, ``panel_block_vectors``), when set.
 ``idx`` is 2 bytes (int16 indices) when the column count fits, else 4. The two regimes are
 the kernels' two paths: one row (vectorized along the weight) and several rows (X
 transposed, vectorized over rows, which are padded to a multiple of the vector lanes:
@@ -99,6 +101,9 @@ def layout_time(layout: Layout, entry: PlanEntry, rows: int, target: TargetSpec,
         flops, stored = 2.0 * o * k * rows, 4.0 * o * k
     elif layout.kind == "csr":
         rate = c.csr_wide_gflops if wide else c.csr_batch_gflops if batch else c.csr_gflops
+        if wide and c.csr_panel4_gflops and csr_panel_columns(k, rows, lanes) \
+                and panel_block_vectors(rows, lanes) == 4:
+            rate = c.csr_panel4_gflops  # column panels of 4-vector row blocks
         flops, stored = 2.0 * s.nnz * prows, s.nnz * (4.0 + idx) + 4.0 * (o + 1)
     elif layout.kind == "chw-spmm":
         flops, rate = 2.0 * s.nnz * rows, c.chw_spmm_gflops

@@ -37,6 +37,11 @@ class CostConstants:
     csr_wide_gflops: float = 60.0
     bsr_wide_gflops: float = 65.0
     nm_wide_gflops: float = 60.0
+    # csr with column panels in 4-vector row blocks (``csr_panel_columns``, rows from 4 to 8
+    # vectors): the panel's transposed X is half the size of the 8-vector blocks' (32 KiB on
+    # AVX2), and the loop runs faster per FLOP than with them (measured on AVX2: 4096x4096
+    # at density 0.5, 32 rows, 74 GFLOP/s against 61 at 128 rows). None: csr_wide_gflops.
+    csr_panel4_gflops: float | None = None
     chw_spmm_gflops: float = 100.0  # 1x1 conv, vectorized over pixels
     bandwidth_gbs: float = 36.0  # streaming the stored weight (dense 4096² GEMV: 1.84 ms)
     overhead_s: float = 2e-6

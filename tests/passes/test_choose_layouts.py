@@ -10,6 +10,7 @@ import pytest
 from onnx import helper
 
 from sparsec.errors import LayoutError, SparsecWarning
+from sparsec.layouts import parse_layout
 from sparsec.options import CompileOptions
 from sparsec.passes.analyze_sparsity import AnalyzeSparsityPass
 from sparsec.passes.choose_layouts import ChooseLayoutsPass, estimate_times
@@ -76,6 +77,27 @@ def test_rows_change_the_csr_rate(tools):
     # rows >= vector_lanes uses csr_batch_gflops: the estimate moves with the rate ratio
     ratio = many["w"].estimated_speedup / one["w"].estimated_speedup
     assert ratio > 1.0 and c.csr_batch_gflops > c.csr_gflops
+
+
+def test_csr_rate_of_4_vector_panel_blocks():
+    """csr_panel4_gflops prices the csr kernel where it runs column panels in 4-vector row
+    blocks (32-63 rows on AVX2, k > 256); elsewhere, or unset, csr_wide_gflops does."""
+    from sparsec.passes.choose_layouts import layout_time
+    from sparsec.plan import PlanEntry, SparsityStats
+
+    def csr_ms(k, rows, panel4):
+        cost = dataclasses.replace(CostConstants(), csr_wide_gflops=50.0,
+                                   csr_panel4_gflops=panel4, overhead_s=0.0)
+        stats = SparsityStats(rows=1024, cols=k, nnz=1024 * k // 10, density=0.1)
+        entry = PlanEntry(node="n", op="MatMul", weight="w", weight_shape=(1024, k),
+                          stats=stats)
+        return layout_time(parse_layout("csr"), entry, rows,
+                           dataclasses.replace(CPU, cost=cost)) * 1e3
+
+    assert csr_ms(1024, 32, 100.0) == pytest.approx(csr_ms(1024, 32, None) / 2)
+    assert csr_ms(1024, 63, 100.0) < csr_ms(1024, 63, None)
+    for k, rows in ((1024, 64), (1024, 128), (1024, 31), (256, 32)):  # 8-vector, no panels
+        assert csr_ms(k, rows, 100.0) == csr_ms(k, rows, None), (k, rows)
 
 
 def test_structured_layouts_win_when_their_rate_is_high(tools):

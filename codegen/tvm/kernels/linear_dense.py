@@ -15,10 +15,10 @@
   hide FMA latency.
 
 Over long reductions (k > ``CHUNK_ABOVE``, 1024) the sum runs in chunks of 256 whose sums
-are added to a total, for accuracy (``tile_whole``). With more than one row block the chunks are also the
-outermost loop of each task (GotoBLAS order, ``tile_chunk``): a chunk of packed X is
-reused from L2 by every panel of the task. A weight that streams from memory once (one
-row block of 2 or more rows, 32 MiB or more) is prefetched 32 k steps ahead.
+are added to a total, for accuracy (``tile_whole``). With more than one row block the chunks
+are also the outermost loop of each task (GotoBLAS order, ``tile_chunk``): a chunk of
+packed X is reused from L2 by every panel of the task. A weight that streams from memory
+once (one row block of 2 or more rows, 32 MiB or more) is prefetched 32 k steps ahead.
 
 Knobs (all optional): ``mr`` rows per micro-tile, ``k_chunk``, ``chunk_above`` (the k
 above which the sum is chunked), ``prefetch`` (k steps, 0 off), ``pack`` (X into ``XP``:

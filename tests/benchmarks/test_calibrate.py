@@ -1,0 +1,43 @@
+"""``python -m benchmarks.calibrate``: a fit over several runs, and its clear errors."""
+
+import json
+from pathlib import Path
+
+from benchmarks import calibrate
+
+RECORDED = Path(__file__).resolve().parents[2] / "benchmarks" / "recorded"
+
+
+def _small_run(tmp_path, name, isa, n=12):
+    """The first ``n`` points of the recorded run of ``isa``, as a run of its own."""
+    data = json.loads(next(RECORDED.glob(f"kernels-{isa}-*.json")).read_text())
+    data["points"] = data["points"][:n]
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_fits_over_several_runs_and_reports_each(tmp_path, capsys):
+    a, b = _small_run(tmp_path, "a.json", "avx2"), _small_run(tmp_path, "b.json", "avx2", 20)
+    assert calibrate.main([str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert f"{a} (" in out and f"{b} (" in out
+    assert out.count("fitted constants: fastest layout at") == 2
+    assert '"csr_panel4_gflops"' in out
+
+
+def test_runs_of_different_instruction_sets_are_refused(tmp_path, capsys):
+    a, b = _small_run(tmp_path, "a.json", "avx2"), _small_run(tmp_path, "b.json", "avx512")
+    assert calibrate.main([str(a), str(b)]) == 2
+    assert "different instruction sets" in capsys.readouterr().err
+
+
+def test_unreadable_or_empty_run_is_one_clear_error(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert calibrate.main([str(bad)]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"points": [{"batch": 1}]}))
+    assert calibrate.main([str(empty)]) == 2
+    assert "no point" in capsys.readouterr().err
