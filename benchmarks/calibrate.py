@@ -69,7 +69,11 @@ def main(argv=None) -> int:
     family = families.pop()
     meta = runs[-1][2]
     lanes = 16 if family == "avx512" else 8
-    spec = replace(cpu.SPEC, vector_lanes=lanes, cost=cpu.calibrated_cost(family))
+    cost = cpu.calibrated_cost(family)
+    # The cache term needs the size of the measured machine's last-level cache: the runs'
+    # own record of it, else this host's (calibrate where you measured).
+    cache = int(meta.get("llc_bytes") or cost.llc_bytes or cpu.llc_bytes())
+    spec = replace(cpu.SPEC, vector_lanes=lanes, cost=replace(cost, llc_bytes=cache))
     everything = [m for run in runs for m in run[4]]
     fitted = calibration.fit(everything, spec)
     new = replace(spec, cost=fitted)

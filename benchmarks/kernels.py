@@ -25,7 +25,7 @@ bound taking H*W pixels as the batch (``--part`` picks linear, conv or both).
 
 ``--candidates`` also times every layout the cost model considered at each point (forced,
 same rounds) and records the model's inputs: ``benchmarks/calibrate.py`` fits the cost
-model to that file, and the committed copy (``benchmarks/recorded/``) is what
+model to such files, and the committed copies (``benchmarks/recorded/``) are what
 ``tests/passes/test_cost_model.py`` checks the model's decisions against.
 """
 
@@ -462,7 +462,8 @@ def main(argv=None) -> int:
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": cpu.model_name(),
             "isa": cpu.isa(cpu.detect_host()),
             "cores": os.cpu_count(), "copy_bandwidth_gbs": round(bandwidth, 1),
-            "sgemm_gflops": round(gflops, 1), "tvm_threads": os.environ.get("TVM_NUM_THREADS")}
+            "sgemm_gflops": round(gflops, 1), "tvm_threads": os.environ.get("TVM_NUM_THREADS"),
+            "llc_bytes": cpu.llc_bytes()}
     (out / "kernels.json").write_text(json.dumps(
         {"meta": meta, "points": [asdict(p) for p in points],
          "conv_points": [asdict(p) for p in convs]}, indent=1))

@@ -25,12 +25,12 @@ from dataclasses import asdict, dataclass, replace
 from sparsec.plan import PlanEntry, SparsityStats
 from sparsec.targetspec import CostConstants, TargetSpec
 
-from .choose_layouts import decide, estimate_times
+from .choose_layouts import decide, estimate_times, weights_resident
 
 # The constants the fit moves; chw-spmm (convs) and the thresholds stay as they are.
 FITTED = ("dense_gflops", "csr_gflops", "csr_batch_gflops", "csr_wide_gflops",
           "csr_panel4_gflops", "bsr_gflops", "bsr_batch_gflops", "bsr_wide_gflops", "nm_gflops",
-          "nm_batch_gflops", "nm_wide_gflops", "bandwidth_gbs")
+          "nm_batch_gflops", "nm_wide_gflops", "bandwidth_gbs", "llc_bandwidth_gbs")
 # Multiplicative moves of one constant. The 1.15-1.4 steps are there because a rate often
 # pays only in a narrow band: csr_panel4_gflops changed no decision at 1.25x csr_wide's
 # start and lost at 1.5x; 1.33x was the best (2026-12-01).
@@ -73,9 +73,16 @@ def measured_points(points: list[dict]) -> list[Measured]:
     return out
 
 
+def _resident(m: Measured, spec: TargetSpec) -> bool:
+    """The point's one-layer model stays in the last-level cache (the suite calls it in a
+    hot loop, as ``weights_resident`` assumes)."""
+    return weights_resident(4.0 * m.entry.stats.rows * m.entry.stats.cols, spec)
+
+
 def choice(m: Measured, spec: TargetSpec) -> str:
     """The layout the model picks at this point (restricted to the measured candidates)."""
-    times = {k: v for k, v in estimate_times(m.entry, m.rows, spec).items() if k in m.ms}
+    times = {k: v for k, v in estimate_times(m.entry, m.rows, spec, _resident(m, spec)).items()
+             if k in m.ms}
     if "dense" not in times:
         return min(times, key=times.get)
     return decide(m.entry, times, spec, m.rows)[0]
@@ -96,7 +103,7 @@ def _loss(points: list[Measured], spec: TargetSpec) -> float:
         total += r
     fit = 0.0
     for m in points:
-        est = estimate_times(m.entry, m.rows, spec)
+        est = estimate_times(m.entry, m.rows, spec, _resident(m, spec))
         fit += sum((math.log(est[k] * 1e3) - math.log(v)) ** 2 for k, v in m.ms.items()
                    if k in est)
     return total + MODEL_WEIGHT * fit / max(1, len(points))
@@ -107,6 +114,8 @@ def fit(points: list[Measured], spec: TargetSpec, sweeps: int = 12) -> CostConst
     best_cost = spec.cost
     if best_cost.csr_panel4_gflops is None:  # not calibrated yet: start from csr_wide's
         best_cost = replace(best_cost, csr_panel4_gflops=best_cost.csr_wide_gflops)
+    if best_cost.llc_bytes and not best_cost.llc_bandwidth_gbs:  # nor this: 4x memory's
+        best_cost = replace(best_cost, llc_bandwidth_gbs=4 * best_cost.bandwidth_gbs)
     best = _loss(points, replace(spec, cost=best_cost))
     for _ in range(sweeps):
         improved = False

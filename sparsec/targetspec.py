@@ -44,6 +44,11 @@ class CostConstants:
     csr_panel4_gflops: float | None = None
     chw_spmm_gflops: float = 100.0  # 1x1 conv, vectorized over pixels
     bandwidth_gbs: float = 36.0  # streaming the stored weight (dense 4096² GEMV: 1.84 ms)
+    # A model whose weights fit the last-level cache (``llc_bytes``, the host's; 0: unknown)
+    # reads them from there on every call after the first, at ``llc_bandwidth_gbs`` (0: no
+    # such term, every weight priced at ``bandwidth_gbs``). See choose_layouts.
+    llc_bandwidth_gbs: float = 0.0
+    llc_bytes: int = 0
     overhead_s: float = 2e-6
     min_speedup: float = 1.15  # a sparse layout must beat dense by this factor to be chosen
     # Layers doing fewer multiply-adds a call (weights x kernel rows) stay dense: call

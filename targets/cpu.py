@@ -123,9 +123,31 @@ def calibrated_cost(family: str) -> CostConstants:
     return CostConstants(**{k: v for k, v in data["cost"].items() if k in known})
 
 
+def llc_bytes(cpu_dir: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int:
+    """The size of the host's last-level (unified, level 3 or the highest) cache in bytes,
+    from sysfs; 0 when it cannot be read."""
+    best = (0, 0)
+    try:
+        for index in cpu_dir.glob("index*"):
+            if (index / "type").read_text().strip() not in ("Unified", "Data"):
+                continue
+            level = int((index / "level").read_text())
+            size = (index / "size").read_text().strip().upper()
+            scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+            best = max(best, (level, int(size.rstrip("KM")) * scale))
+    except (OSError, ValueError):
+        return 0
+    return best[1]
+
+
 def spec_for(host: HostInfo) -> TargetSpec:
-    """SPEC with the host's vector width and its instruction set's calibrated costs."""
-    return replace(SPEC, vector_lanes=host.vector_lanes, cost=calibrated_cost(isa(host)))
+    """SPEC with the host's vector width and its instruction set's calibrated costs; the
+    cache term (``CostConstants.llc_bytes``) gets the host's last-level cache when known."""
+    cost = calibrated_cost(isa(host))
+    cache = llc_bytes()
+    if cache and cost.llc_bandwidth_gbs:
+        cost = replace(cost, llc_bytes=cache)
+    return replace(SPEC, vector_lanes=host.vector_lanes, cost=cost)
 
 
 def tvm_target(host: HostInfo | None = None):

@@ -100,6 +100,24 @@ def test_csr_rate_of_4_vector_panel_blocks():
         assert csr_ms(k, rows, 100.0) == csr_ms(k, rows, None), (k, rows)
 
 
+def test_weights_that_fit_the_cache_are_priced_at_its_bandwidth(tools):
+    """A model whose weights fit the last-level cache reads them from there: at one row a
+    dense GEMV is then no longer memory-bound, and a 30% weight stays dense. Too big for
+    the cache, or with no cache term, the same weight goes csr."""
+    w = sparse((1024, 1024), 0.3)  # 4 MiB as float32
+
+    def layout(llc_bytes, llc_gbs=200.0):
+        cost = dataclasses.replace(CostConstants(), llc_bytes=llc_bytes,
+                                   llc_bandwidth_gbs=llc_gbs)
+        entries, _ = choose(tools, {"w": w}, target=dataclasses.replace(CPU, cost=cost))
+        return entries["w"].layout
+
+    assert layout(32 << 20) == "dense"
+    assert layout(1 << 20) == "csr"  # the weights do not fit
+    assert layout(32 << 20, llc_gbs=0.0) == "csr"  # no cache term
+    assert layout(0) == "csr"  # cache size unknown
+
+
 def test_structured_layouts_win_when_their_rate_is_high(tools):
     fast = TargetSpec("fast", "structured kernels are fast",
                       cost=dataclasses.replace(CostConstants(), nm_gflops=200.0, bsr_gflops=200.0))

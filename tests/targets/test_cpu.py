@@ -32,3 +32,17 @@ def test_spec_follows_the_host():
     host = cpu.HostInfo("x86-64-v4", ["avx512f", "avx2", "fma"], 16)
     spec = cpu.spec_for(host)
     assert spec.vector_lanes == 16 and spec.cost == cpu.calibrated_cost("avx512")
+
+
+def test_llc_bytes_reads_the_largest_level_from_sysfs(tmp_path):
+    for i, (level, kind, size) in enumerate([(1, "Data", "32K"), (1, "Instruction", "32K"),
+                                             (2, "Unified", "512K"), (3, "Unified", "32768K")]):
+        d = tmp_path / f"index{i}"
+        d.mkdir()
+        (d / "level").write_text(f"{level}\n")
+        (d / "type").write_text(f"{kind}\n")
+        (d / "size").write_text(f"{size}\n")
+    assert cpu.llc_bytes(tmp_path) == 32 << 20
+    (tmp_path / "index3" / "size").write_text("garbage\n")
+    assert cpu.llc_bytes(tmp_path) == 0  # unreadable: no cache term, not a crash
+    assert cpu.llc_bytes(tmp_path / "missing") == 0
