@@ -141,7 +141,9 @@ def test_layer_that_does_not_fit_is_skipped_and_said(dense, tmp_path, capsys):
 def test_pruned_model_compiles_to_sparse_layouts(dense, tmp_path):
     out = tmp_path / "out.onnx"
     prune_onnx.prune_file(dense, out, "unstructured:0.9")
-    _, plan = sparsec.inspect(str(out), input_shapes={"x": (2, 4, 8, 8)})
+    # 32 rows: at 2 this model's weights (270 KB) sit in the cache and fc1 takes ~3 us dense
+    # or sparse, so the cost model may rightly keep it dense (``weights_resident``).
+    _, plan = sparsec.inspect(str(out), input_shapes={"x": (32, 4, 8, 8)})
     by_name = {e.node: e for e in plan.entries}
     assert by_name["fc1"].stats.density == pytest.approx(0.1, abs=1e-3)
     assert by_name["fc1"].layout != "dense"
