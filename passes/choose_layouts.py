@@ -230,14 +230,16 @@ def choose(entry: PlanEntry, wop: WeightOp, options: CompileOptions,
                                                                nblocks, resident)
         return
     entry.forced = False
-    entry.layout, entry.estimated_speedup, entry.reason = decide(entry, times, target, rows)
+    entry.layout, entry.estimated_speedup, entry.reason = decide(entry, times, target, rows,
+                                                                resident)
 
 
-def decide(entry: PlanEntry, times: dict[str, float], target: TargetSpec, rows: int = 1
-           ) -> tuple[str, float, str]:
+def decide(entry: PlanEntry, times: dict[str, float], target: TargetSpec, rows: int = 1,
+           resident: bool = False) -> tuple[str, float, str]:
     """(layout, estimated speed-up over dense, reason) for an op that is not forced, from
     ``estimate_times`` at ``rows`` kernel rows: the fastest sparse candidate when it beats
-    dense by ``min_speedup``, else dense."""
+    dense by ``min_speedup``, else dense. ``resident``: the times assumed the weights in
+    the last-level cache, which the reason then says."""
     s = entry.stats
     sparse = {name: t for name, t in times.items() if name != "dense"}
     if s.nonfinite:
@@ -250,11 +252,13 @@ def decide(entry: PlanEntry, times: dict[str, float], target: TargetSpec, rows: 
         return "dense", 1.0, f"dense: target {target.name} runs no fitting sparse layout"
     best = min(sparse, key=sparse.__getitem__)
     speedup = times["dense"] / sparse[best]
+    cached = (f"; weights in the {target.cost.llc_bytes >> 20} MiB cache"
+              if resident else "")
     if speedup >= target.cost.min_speedup:
         return best, speedup, (f"{best}: est. {speedup:.1f}x faster than dense "
-                               f"(density {s.density:.2f})")
+                               f"(density {s.density:.2f}{cached})")
     return "dense", 1.0, (f"dense: density {s.density:.2f} above break-even "
-                          f"(best {best} est. {speedup:.2f}x)")
+                          f"(best {best} est. {speedup:.2f}x{cached})")
 
 
 class ChooseLayoutsPass(SparsecPass):

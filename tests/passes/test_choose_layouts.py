@@ -110,6 +110,8 @@ def test_weights_that_fit_the_cache_are_priced_at_its_bandwidth(tools):
         cost = dataclasses.replace(CostConstants(), llc_bytes=llc_bytes,
                                    llc_bandwidth_gbs=llc_gbs)
         entries, _ = choose(tools, {"w": w}, target=dataclasses.replace(CPU, cost=cost))
+        cached = "; weights in the 32 MiB cache" in entries["w"].reason
+        assert cached == (entries["w"].layout == "dense"), entries["w"].reason
         return entries["w"].layout
 
     assert layout(32 << 20) == "dense"
