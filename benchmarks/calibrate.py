@@ -22,9 +22,21 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 TOLERANCE = 1.10  # a pick within 10% of the fastest counts as right (timing noise)
+
+
+class Run(NamedTuple):
+    """One --candidates run: its file, its JSON, its metadata, the instruction set it
+    measured and its points (``calibration.Measured``)."""
+
+    path: Path
+    data: dict
+    meta: dict
+    family: str
+    points: list
 
 
 def report(name: str, s: dict) -> str:
@@ -47,7 +59,7 @@ def main(argv=None) -> int:
     from sparsec.passes import calibration
     from sparsec.targets import cpu
 
-    runs = []
+    runs: list[Run] = []
     for path in args.results:
         try:
             data = json.loads(path.read_text())
@@ -60,25 +72,27 @@ def main(argv=None) -> int:
                   "--candidates", file=sys.stderr)
             return 2
         meta = data.get("meta", {})
-        runs.append((path, data, meta, meta.get("isa") or cpu.isa(cpu.detect_host()), points))
-    families = {r[3] for r in runs}
+        runs.append(Run(path, data, meta, meta.get("isa") or cpu.isa(cpu.detect_host()),
+                        points))
+    families = {run.family for run in runs}
     if len(families) > 1:
         print(f"error: the runs measured different instruction sets ({', '.join(families)})",
               file=sys.stderr)
         return 2
     family = families.pop()
-    meta = runs[-1][2]
+    meta = runs[-1].meta
     lanes = 16 if family == "avx512" else 8
     cost = cpu.calibrated_cost(family)
     # The cache term needs the size of the measured machine's last-level cache: the runs'
     # own record of it, else this host's (calibrate where you measured).
     cache = int(meta.get("llc_bytes") or cost.llc_bytes or cpu.llc_bytes())
     spec = replace(cpu.SPEC, vector_lanes=lanes, cost=replace(cost, llc_bytes=cache))
-    everything = [m for run in runs for m in run[4]]
+    everything = [m for run in runs for m in run.points]
     fitted = calibration.fit(everything, spec)
     new = replace(spec, cost=fitted)
-    for path, _, run_meta, _, points in runs:
-        print(f"{path} ({run_meta.get('date', '?')}):")
+    for run in runs:
+        points = run.points
+        print(f"{run.path} ({run.meta.get('date', '?')}):")
         print("  " + report(f"current constants ({family})",
                             calibration.summary(points, spec, TOLERANCE)))
         print("  " + report("fitted constants", calibration.summary(points, new, TOLERANCE)))
@@ -91,7 +105,7 @@ def main(argv=None) -> int:
     if args.write:
         out = ROOT / "targets" / "calibration" / f"cpu-{family}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
-        dates = ", ".join(run[2].get("date", "?") for run in runs)
+        dates = ", ".join(run.meta.get("date", "?") for run in runs)
         out.write_text(json.dumps({
             "isa": family, "date": time.strftime("%Y-%m-%d"), "machine": meta.get("machine"),
             "source": "python -m benchmarks.calibrate (fit to benchmarks.kernels --candidates"
@@ -100,12 +114,12 @@ def main(argv=None) -> int:
         print(f"wrote {out}")
     if args.record:
         keep = ("shape", "pattern", "density", "batch", "layout", "stats", "candidates_ms")
-        for _, data, run_meta, _, _ in runs:
-            date = run_meta.get("date") or time.strftime("%Y-%m-%d")
+        for run in runs:
+            date = run.meta.get("date") or time.strftime("%Y-%m-%d")
             out = ROOT / "benchmarks" / "recorded" / f"kernels-{family}-{date}.json"
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps({"meta": {**run_meta, "isa": family}, "points": [
-                {k: p[k] for k in keep if k in p} for p in data["points"]]}, indent=None)
+            out.write_text(json.dumps({"meta": {**run.meta, "isa": family}, "points": [
+                {k: p[k] for k in keep if k in p} for p in run.data["points"]]}, indent=None)
                 + "\n")
             print(f"wrote {out}")
     return 0

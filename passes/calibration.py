@@ -76,7 +76,7 @@ def measured_points(points: list[dict]) -> list[Measured]:
 def _resident(m: Measured, spec: TargetSpec) -> bool:
     """The point's one-layer model stays in the last-level cache (the suite calls it in a
     hot loop, as ``weights_resident`` assumes)."""
-    return weights_resident(4.0 * m.entry.stats.rows * m.entry.stats.cols, spec)
+    return weights_resident([m.entry], spec)
 
 
 def choice(m: Measured, spec: TargetSpec) -> str:

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterable
 
 import numpy as np
 import onnx_ir as ir
@@ -87,9 +88,9 @@ def kernel_rows(wop: WeightOp) -> int:
     return int(x[0]) * out
 
 
-def weights_resident(dense_bytes: float, target: TargetSpec) -> bool:
-    """Whether a model whose planned weights take ``dense_bytes`` as float32 stays in the
-    last-level cache between calls, so that its kernels read the weights from there.
+def weights_resident(entries: Iterable[PlanEntry], target: TargetSpec) -> bool:
+    """Whether a model whose planned weights are ``entries`` stays in the last-level cache
+    between calls (the weights counted as float32), so that its kernels read them from there.
 
     Benchmarks and serving loops call a model back to back; a weight that fits the cache
     then never comes from memory again. Pricing such weights at memory bandwidth made dense
@@ -97,7 +98,9 @@ def weights_resident(dense_bytes: float, target: TargetSpec) -> bool:
     ms) over a dense GEMV that took 0.111 (measured on AVX2, Zen 3, 32 MiB L3). The dense
     bytes bound what the layouts store, so a model that fits dense fits whatever is picked."""
     c = target.cost
-    return bool(c.llc_bytes and c.llc_bandwidth_gbs and dense_bytes <= c.llc_bytes)
+    if not (c.llc_bytes and c.llc_bandwidth_gbs):
+        return False
+    return sum(4.0 * e.stats.rows * e.stats.cols for e in entries) <= c.llc_bytes
 
 
 def layout_time(layout: Layout, entry: PlanEntry, rows: int, target: TargetSpec,
@@ -272,8 +275,7 @@ class ChooseLayoutsPass(SparsecPass):
     def apply(self, model: ir.Model) -> bool:
         graph = model.graph
         by_name = nodes_by_name(graph)
-        dense_bytes = sum(4.0 * e.stats.rows * e.stats.cols for e in self.plan.entries)
-        resident = weights_resident(dense_bytes, self.target)
+        resident = weights_resident(self.plan.entries, self.target)
         for entry in self.plan.entries:
             with self.at(entry.node, entry.weight):
                 choose(entry, weight_op_for(graph, entry.node, by_name), self.options,
