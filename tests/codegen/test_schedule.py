@@ -326,24 +326,26 @@ def _heads_transpose(perm: list[int], out: list[int]):
 
 def test_injective_parallel_loop_fuses_only_what_it_needs():
     """[1, 128, 768] -> heads [1, 12, 128, 64]: the parallel loop covers heads x positions
-    (1536 iterations, ``PARALLEL_ITERS`` is 64), the 8 vectors of a head's row run serially
-    inside it, and the result is still the transpose."""
+    (1536 iterations, ``PARALLEL_ITERS`` is 64), the vectors of a head's row (8 on AVX2, 4
+    on AVX-512) run serially inside it, and the result is still the transpose."""
     from sparsec.codegen.tvm.schedule_injective import PARALLEL_ITERS
 
     _func, loops, x, got = _heads_transpose([0, 2, 1, 3], [1, 12, 128, 64])
     parallel = [lp for lp in loops if lp.kind == tirx.ForKind.PARALLEL]
     assert len(parallel) == 1 and int(parallel[0].extent) == 12 * 128 >= PARALLEL_ITERS
-    assert any(lp.kind == tirx.ForKind.SERIAL and int(lp.extent) == 8 for lp in loops)
+    per_row = 64 // vector_lanes(_target())
+    assert any(lp.kind == tirx.ForKind.SERIAL and int(lp.extent) == per_row for lp in loops)
     np.testing.assert_array_equal(got, x.reshape(1, 128, 12, 64).transpose(0, 2, 1, 3))
 
 
 def test_transpose_walks_a_line_of_its_input_inside_the_vector_loop():
     """[1, 128, 768] -> [1, 12, 64, 128] (attention's k^T): vectorized over the 128
-    positions, each vector loads 8 rows of x. A line of x's contiguous axis (16 floats of
-    d) is walked inside the positions' vector loop (``tile_strided_read``)."""
+    positions, each vector loads a lane's worth of rows of x (8 on AVX2, 16 on AVX-512). A
+    line of x's contiguous axis (16 floats of d) is walked inside the positions' vector loop
+    (``tile_strided_read``)."""
     func, loops, x, got = _heads_transpose([0, 2, 3, 1], [1, 12, 64, 128])
     assert [(lp.kind, int(lp.extent)) for lp in loops][:2] == [
-        (tirx.ForKind.VECTORIZED, 8), (tirx.ForKind.SERIAL, 16)]
+        (tirx.ForKind.VECTORIZED, vector_lanes(_target())), (tirx.ForKind.SERIAL, 16)]
     # the serial loop walks x's contiguous axis (its last index), not its rows
     text = func.script().splitlines()
     (load,) = [ln for ln in text if "= x[" in ln]

@@ -196,15 +196,17 @@ def test_rows_path_block_widths(layout, vectors, rows):
     _check(layout, 40, 64, rows, 0.4, knobs={"block_vectors": vectors}, seed=rows)
 
 
-@pytest.mark.parametrize("rows,inp,density,steps", [
-    (32, 600, 0.3, ()),  # one 4-vector block, three panels (the last one short)
-    (64, 520, 0.1, (S("bias"), S("relu"))),  # one 8-vector block
-    (100, 513, 0.05, (S("bias"), S("residual"))),  # 64 + a tail of 32 + 8 (4 valid rows)
-    (136, 1030, 0.02, ()),  # two 8-vector blocks and a 1-vector tail, empty segments
+@pytest.mark.parametrize("vectors,extra,inp,density,steps", [
+    (4, 0, 600, 0.3, ()),  # one 4-vector block, three panels (the last one short)
+    (8, 0, 520, 0.1, (S("bias"), S("relu"))),  # one 8-vector block
+    (12, 4, 513, 0.05, (S("bias"), S("residual"))),  # 8 + a tail of 4 + 1 (4 valid rows)
+    (17, 0, 1030, 0.02, ()),  # two 8-vector blocks and a 1-vector tail, empty segments
 ])
-def test_csr_panels(rows, inp, density, steps):
+def test_csr_panels(vectors, extra, inp, density, steps):
     """The rows path over a weight stored panel by panel (``prepare`` with the plan's rows):
-    full and tail row blocks, short last panel, epilogues, empty rows and segments."""
+    full and tail row blocks, short last panel, epilogues, empty rows and segments. Rows
+    count in the host's vectors (32 rows are 4 vectors on AVX2, 2 on AVX-512)."""
+    rows = vectors * vector_lanes(HOST) + extra
     rng = np.random.default_rng(rows)
     w = _weight("csr", 44, inp, density, rng, zero_rows=(0, 7))
     w[3, 256:512] = 0.0  # a whole empty panel in one row
