@@ -8,10 +8,12 @@ Prints how often the current constants pick the fastest measured layout, fits ne
 the same for them, run by run. Two runs of one suite give the fit two samples of every
 point: a shared machine's noise moves single points by 10-30%, and one run's outliers
 pulled a fit of that run alone to a 2.8x miss elsewhere (RESULTS.md, 2026-12-01).
-``--write`` stores the fitted constants as ``targets/calibration/cpu-<isa>.json`` (the
-instruction set of the host that was measured, from the runs' metadata); ``--record``
-copies each run's measurements to ``benchmarks/recorded/kernels-<isa>-<date>.json``, which
-the decision test reads.
+``--write`` stores the fitted constants as ``targets/calibration/cpu-<isa>-<mcpu>.json``
+(the instruction set and LLVM CPU name of the measured host, from the runs' metadata),
+which hosts of that CPU then use; runs recorded before the CPU name was (2026-12-01) give
+``cpu-<isa>.json``, the instruction set's default. ``--record`` copies each run's
+measurements to ``benchmarks/recorded/kernels-<isa>[-<mcpu>]-<date>.json``, which the
+decision test reads.
 """
 
 from __future__ import annotations
@@ -29,13 +31,14 @@ TOLERANCE = 1.10  # a pick within 10% of the fastest counts as right (timing noi
 
 
 class Run(NamedTuple):
-    """One --candidates run: its file, its JSON, its metadata, the instruction set it
-    measured and its points (``calibration.Measured``)."""
+    """One --candidates run: its file, its JSON, its metadata, the instruction set and CPU
+    it measured and its points (``calibration.Measured``)."""
 
     path: Path
     data: dict
     meta: dict
     family: str
+    mcpu: str  # "" when the run did not record it
     points: list
 
 
@@ -51,9 +54,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("results", type=Path, nargs="+",
                     help="kernels.json of --candidates runs (one instruction set)")
-    ap.add_argument("--write", action="store_true", help="write targets/calibration/cpu-<isa>.json")
-    ap.add_argument("--record", action="store_true",
-                    help="copy the measurements to benchmarks/recorded/kernels-<isa>-<date>.json")
+    ap.add_argument("--write", action="store_true",
+                    help="write targets/calibration/cpu-<isa>-<mcpu>.json")
+    ap.add_argument("--record", action="store_true", help="copy the measurements to "
+                    "benchmarks/recorded/kernels-<isa>-<mcpu>-<date>.json")
     args = ap.parse_args(argv)
 
     from sparsec.passes import calibration
@@ -73,16 +77,18 @@ def main(argv=None) -> int:
             return 2
         meta = data.get("meta", {})
         runs.append(Run(path, data, meta, meta.get("isa") or cpu.isa(cpu.detect_host()),
-                        points))
-    families = {run.family for run in runs}
-    if len(families) > 1:
-        print(f"error: the runs measured different instruction sets ({', '.join(families)})",
-              file=sys.stderr)
+                        meta.get("mcpu") or "", points))
+    machines = {(run.family, run.mcpu) for run in runs}
+    if len(machines) > 1:
+        print("error: the runs measured different CPUs ("
+              + ", ".join(f"{f} on {m or 'an unnamed CPU'}" for f, m in sorted(machines))
+              + ")", file=sys.stderr)
         return 2
-    family = families.pop()
+    family, mcpu = machines.pop()
+    stem = f"{family}-{mcpu}" if mcpu else family
     meta = runs[-1].meta
     lanes = 16 if family == "avx512" else 8
-    cost = cpu.calibrated_cost(family)
+    cost = cpu.calibrated_cost(family, mcpu or None)
     # The cache term needs the size of the measured machine's last-level cache: the runs'
     # own record of it, else this host's (calibrate where you measured).
     cache = int(meta.get("llc_bytes") or cost.llc_bytes or cpu.llc_bytes())
@@ -93,7 +99,7 @@ def main(argv=None) -> int:
     for run in runs:
         points = run.points
         print(f"{run.path} ({run.meta.get('date', '?')}):")
-        print("  " + report(f"current constants ({family})",
+        print("  " + report(f"current constants ({stem})",
                             calibration.summary(points, spec, TOLERANCE)))
         print("  " + report("fitted constants", calibration.summary(points, new, TOLERANCE)))
         for m, r in zip(points, calibration.regrets(points, new)):
@@ -103,11 +109,12 @@ def main(argv=None) -> int:
                                                                    key=lambda kv: kv[1])))
     print(json.dumps(calibration.cost_dict(fitted), indent=1))
     if args.write:
-        out = ROOT / "targets" / "calibration" / f"cpu-{family}.json"
+        out = ROOT / "targets" / "calibration" / f"cpu-{stem}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         dates = ", ".join(run.meta.get("date", "?") for run in runs)
         out.write_text(json.dumps({
-            "isa": family, "date": time.strftime("%Y-%m-%d"), "machine": meta.get("machine"),
+            "isa": family, "mcpu": mcpu or None, "date": time.strftime("%Y-%m-%d"),
+            "machine": meta.get("machine"),
             "source": "python -m benchmarks.calibrate (fit to benchmarks.kernels --candidates"
                       f" runs of {dates})",
             "cost": calibration.cost_dict(fitted)}, indent=1) + "\n")
@@ -116,9 +123,10 @@ def main(argv=None) -> int:
         keep = ("shape", "pattern", "density", "batch", "layout", "stats", "candidates_ms")
         for run in runs:
             date = run.meta.get("date") or time.strftime("%Y-%m-%d")
-            out = ROOT / "benchmarks" / "recorded" / f"kernels-{family}-{date}.json"
+            out = ROOT / "benchmarks" / "recorded" / f"kernels-{stem}-{date}.json"
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps({"meta": {**run.meta, "isa": family}, "points": [
+            out.write_text(json.dumps({"meta": {**run.meta, "isa": family},
+                                       "points": [
                 {k: p[k] for k in keep if k in p} for p in run.data["points"]]}, indent=None)
                 + "\n")
             print(f"wrote {out}")

@@ -459,8 +459,9 @@ def main(argv=None) -> int:
         run_conv_point(p, w, bandwidth, gflops, args.deepsparse_python)
     from sparsec.targets import cpu
 
+    host = cpu.detect_host()
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": cpu.model_name(),
-            "isa": cpu.isa(cpu.detect_host()),
+            "isa": cpu.isa(host), "mcpu": host.mcpu,
             "cores": os.cpu_count(), "copy_bandwidth_gbs": round(bandwidth, 1),
             "sgemm_gflops": round(gflops, 1), "tvm_threads": os.environ.get("TVM_NUM_THREADS"),
             "llc_bytes": cpu.llc_bytes()}

@@ -27,8 +27,11 @@ SPEC = TargetSpec(
     cost=CostConstants(),
 )
 
-# Cost-model constants fitted to measurements per instruction set (benchmarks/calibrate.py
-# writes them from a benchmarks.kernels run): cpu-avx512.json, cpu-avx2.json.
+# Cost-model constants fitted to measurements (benchmarks/calibrate.py writes them from
+# benchmarks.kernels runs): per instruction set and microarchitecture when one was measured
+# (cpu-avx512-znver4.json), else per instruction set (cpu-avx512.json, cpu-avx2.json). The
+# same ISA runs at different rates on different cores: Zen 4 executes AVX-512 on 256-bit
+# units, an Intel Xeon on 512-bit ones.
 CALIBRATION_DIR = Path(__file__).parent / "calibration"
 
 # The flat list of steps a `sparsec compile --target cpu` runs (printed by --help).
@@ -113,12 +116,20 @@ def isa(host: HostInfo) -> str:
         else "x86-64"
 
 
-def calibrated_cost(family: str) -> CostConstants:
-    """The calibrated constants of ``family``, or the defaults when none were recorded."""
-    try:
-        data = json.loads((CALIBRATION_DIR / f"cpu-{family}.json").read_text())
-    except FileNotFoundError:
+def calibration_file(family: str, mcpu: str | None = None) -> Path | None:
+    """The calibration of ``family`` measured on ``mcpu`` (LLVM's CPU name, such as znver4),
+    else the family's own; None when neither was recorded."""
+    names = ([f"cpu-{family}-{mcpu}.json"] if mcpu else []) + [f"cpu-{family}.json"]
+    return next((CALIBRATION_DIR / n for n in names if (CALIBRATION_DIR / n).is_file()), None)
+
+
+def calibrated_cost(family: str, mcpu: str | None = None) -> CostConstants:
+    """The calibrated constants of ``family`` on ``mcpu`` (``calibration_file``), or the
+    defaults when none were recorded."""
+    path = calibration_file(family, mcpu)
+    if path is None:
         return CostConstants()
+    data = json.loads(path.read_text())
     known = {f.name for f in fields(CostConstants)}
     return CostConstants(**{k: v for k, v in data["cost"].items() if k in known})
 
@@ -141,9 +152,10 @@ def llc_bytes(cpu_dir: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int
 
 
 def spec_for(host: HostInfo) -> TargetSpec:
-    """SPEC with the host's vector width and its instruction set's calibrated costs; the
-    cache term (``CostConstants.llc_bytes``) gets the host's last-level cache when known."""
-    cost = calibrated_cost(isa(host))
+    """SPEC with the host's vector width and the costs calibrated for its instruction set
+    and microarchitecture (``calibration_file``); the cache term
+    (``CostConstants.llc_bytes``) gets the host's last-level cache when known."""
+    cost = calibrated_cost(isa(host), host.mcpu)
     cache = llc_bytes()
     if cache and cost.llc_bandwidth_gbs:
         cost = replace(cost, llc_bytes=cache)

@@ -26,10 +26,17 @@ def test_fits_over_several_runs_and_reports_each(tmp_path, capsys):
     assert '"csr_panel4_gflops"' in out
 
 
-def test_runs_of_different_instruction_sets_are_refused(tmp_path, capsys):
+def test_runs_of_different_cpus_are_refused(tmp_path, capsys):
     a, b = _small_run(tmp_path, "a.json", "avx2"), _small_run(tmp_path, "b.json", "avx512")
     assert calibrate.main([str(a), str(b)]) == 2
-    assert "different instruction sets" in capsys.readouterr().err
+    assert "different CPUs (avx2 on an unnamed CPU, avx512 on" in capsys.readouterr().err
+    # The same instruction set on two microarchitectures runs at different rates.
+    c = _small_run(tmp_path, "c.json", "avx512")
+    data = json.loads(c.read_text())
+    data["meta"]["mcpu"] = "znver4"
+    c.write_text(json.dumps(data))
+    assert calibrate.main([str(b), str(c)]) == 2
+    assert "avx512 on znver4" in capsys.readouterr().err
 
 
 def test_unreadable_or_empty_run_is_one_clear_error(tmp_path, capsys):

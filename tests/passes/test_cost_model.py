@@ -27,11 +27,12 @@ FILES = sorted(RECORDED.glob("kernels-*.json"))
 
 
 def _recorded(path):
-    """The measured points of a recorded run and the spec calibrated for its family."""
+    """The measured points of a recorded run and the spec calibrated for its instruction set
+    and CPU (runs recorded before the CPU was: their instruction set's)."""
     data = json.loads(path.read_text())
     family = data["meta"]["isa"]
     spec = replace(cpu.SPEC, vector_lanes=16 if family == "avx512" else 8,
-                   cost=cpu.calibrated_cost(family))
+                   cost=cpu.calibrated_cost(family, data["meta"].get("mcpu")))
     return calibration.measured_points(data["points"]), spec
 
 

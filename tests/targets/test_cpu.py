@@ -1,5 +1,7 @@
 """Host detection, the SPARSEC_CPU_MCPU override and the calibrated cost constants."""
 
+import json
+
 import pytest
 
 from sparsec.errors import UsageError
@@ -26,6 +28,21 @@ def test_calibrated_constants_are_loaded_per_isa():
     cost = cpu.calibrated_cost("avx512")
     assert cost != CostConstants()  # the file in targets/calibration, not the defaults
     assert cpu.calibrated_cost("no-such-isa") == CostConstants()
+
+
+def test_calibration_of_the_cpu_wins_over_its_instruction_set(tmp_path, monkeypatch):
+    def write(name, gflops):
+        (tmp_path / name).write_text(json.dumps({"cost": {"dense_gflops": gflops}}))
+
+    write("cpu-avx512.json", 100.0)
+    write("cpu-avx512-znver4.json", 200.0)
+    monkeypatch.setattr(cpu, "CALIBRATION_DIR", tmp_path)
+    assert cpu.calibrated_cost("avx512", "znver4").dense_gflops == 200.0
+    assert cpu.calibrated_cost("avx512", "sapphirerapids").dense_gflops == 100.0
+    assert cpu.calibrated_cost("avx512").dense_gflops == 100.0
+    assert cpu.calibrated_cost("avx2", "znver4") == CostConstants()
+    host = cpu.HostInfo("znver4", ["avx512f", "avx2", "fma"], 16)
+    assert cpu.spec_for(host).cost.dense_gflops == 200.0
 
 
 def test_spec_follows_the_host():
