@@ -10,7 +10,9 @@ else a padded, stride-phase-split copy Z of X, built once per call) and how pixe
 ``conv_inner`` holds the per-layout loops. The PrimFunc is a parallel loop over (pixel
 tile, block of output channels), per image after filling Z (or over all images for direct
 1x1); within a task the accumulators of a tile stay in registers while the loop walks the
-channel's nonzeros, and the epilogue (``epilogue.emit``) is applied on the way out.
+channel's nonzeros, and the epilogue (``epilogue.emit``) is applied on the way out. One
+exception: a dense 1x1 conv on a small image (at most 256 pixels) runs as a GEMM with the
+pixels as rows, vectorized over output channels (``conv_pixel_rows``).
 
 ``chw-spmm`` is XNNPACK's NCHW sparse 1x1 conv and only takes 1x1, stride 1, no padding.
 It shares csr's loop. XNNPACK's pre-scaled offsets measured no faster here (they save an ALU
@@ -35,7 +37,7 @@ from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.tirx.script import builder as T
 
-from sparsec.codegen.tvm.kernels import KernelDef
+from sparsec.codegen.tvm.kernels import KernelDef, conv_pixel_rows
 from sparsec.codegen.tvm.kernels import epilogue as epi
 from sparsec.codegen.tvm.kernels.conv_geometry import (
     F32,
@@ -110,6 +112,14 @@ def _prepare_dense(spec: SparseOpSpec, arrays: dict[str, np.ndarray], target):
     return {"w": np.ascontiguousarray(padded.reshape(blocks, rows, k).transpose(0, 2, 1))}
 
 
+def _prepare_dense_conv(spec: SparseOpSpec, arrays: dict[str, np.ndarray], target):
+    """A dense conv's weight: ``linear_dense`` panels where it runs as the pixel-rows GEMM
+    (``conv_pixel_rows.pixel_rows``: a 1x1 conv on a small image), else ``_prepare_dense``."""
+    if conv_pixel_rows.pixel_rows(spec):
+        return conv_pixel_rows.prepare(spec, np.asarray(arrays["w"], np.float32), target)
+    return _prepare_dense(spec, arrays, target)
+
+
 def _prepare_nm(spec: SparseOpSpec, arrays: dict[str, np.ndarray], target):
     """n:m with n/m > NM_DENSE_RATIO -> the dense panel (a CPU multiplies a 2:4 weight faster
     as a register-blocked GEMM than as n of every m gathered columns); sparser patterns ->
@@ -136,6 +146,8 @@ _INNERS = {"csr": csr_inner, "chw-spmm": csr_inner, "nm": ell_inner, "bsr": bsr_
 def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target, knobs=None):
     """The scheduled PrimFunc ``(x, *arrays, [bias], [residual], y)`` of one SparseConv."""
     knobs = dict(knobs or {})
+    if "w_panels" in arrays:  # prepared for the pixel-rows GEMM (small images)
+        return conv_pixel_rows.build(spec, in_shape, arrays, target, knobs)
     kind = parse_layout(spec.layout).kind
     vl = simd_lanes(target, knobs)
     make_inner = dense_inner if "w" in arrays else _INNERS[kind]  # nm may run dense
@@ -314,7 +326,7 @@ def _by_class(plan: TilePlan, t, body) -> None:
 
 
 KERNELS = {
-    ("SparseConv", "dense"): KernelDef(_prepare_dense, build),
+    ("SparseConv", "dense"): KernelDef(_prepare_dense_conv, build),
     ("SparseConv", "csr"): KernelDef(_prepare_same, build),
     ("SparseConv", "chw-spmm"): KernelDef(_prepare_same, build),
     ("SparseConv", "bsr"): KernelDef(_prepare_same, build),

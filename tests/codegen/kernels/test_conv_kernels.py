@@ -52,7 +52,7 @@ def _weight(rng, layout: str, o: int, k: int, density: float) -> np.ndarray:
 
 def _run(layout, x_shape, o, kernel=(1, 1), strides=(1, 1), pads=(0, 0, 0, 0),
          dilations=(1, 1), density=0.3, epilogue=(), target=HOST, knobs=None, seed=0,
-         zero_rows=(), guard="end"):
+         zero_rows=(), guard="end", plan_rows=0):
     rng = np.random.default_rng(seed)
     n, c, h, w = x_shape
     kh, kw = kernel
@@ -60,7 +60,8 @@ def _run(layout, x_shape, o, kernel=(1, 1), strides=(1, 1), pads=(0, 0, 0, 0),
     wd[list(zero_rows)] = 0.0
     packed = pack(wd, layout)
     spec = SparseOpSpec("SparseConv", layout, o, c * kh * kw, "conv_node", _steps(epilogue),
-                        list(packed.arrays), ConvAttrs(kernel, strides, pads, dilations))
+                        list(packed.arrays), ConvAttrs(kernel, strides, pads, dilations),
+                        rows=plan_rows)
     kd = kernel_for(spec)
     arrays = kd.prepare(spec, packed.arrays, target)
     func = kd.build(spec, x_shape, arrays, target, knobs or {})
@@ -185,6 +186,45 @@ def test_no_stray_access(layout, x_shape, kernel, strides, pads):
         out, ref, _ = _run(layout, x_shape, 12, kernel, strides, pads, density=0.5,
                            epilogue=("bias",), guard=guard)
         np.testing.assert_allclose(out, ref, **TOL)
+
+
+@pytest.mark.parametrize("x_shape,o,epilogue", [
+    ((1, 160, 3, 3), 320, ("bias", "clip")),  # MobileNetV2-96's last blocks
+    ((1, 96, 6, 6), 32, ("bias", "residual")),
+    ((2, 5, 7, 7), 13, ("bias", "gelu")),  # two images, a ragged panel
+    ((1, 64, 1, 1), 33, ("relu",)),  # one pixel
+    ((1, 17, 7, 9), 100, ()),
+])
+def test_pixel_rows_path(x_shape, o, epilogue):
+    """A dense 1x1 conv on a small image runs as ``linear_dense``'s GEMM over strided views
+    of the NCHW tensors (``conv_pixel_rows``): the plan's rows pick it, at prepare time."""
+    n, c, h, w = x_shape
+    spec = SparseOpSpec("SparseConv", "dense", o, c, "conv_node", [], ["w"],
+                        ConvAttrs((1, 1), (1, 1), (0,) * 4, (1, 1)), rows=n * h * w)
+    arrays = kernel_for(spec).prepare(spec, {"w": np.ones((o, c), np.float32)}, HOST)
+    assert list(arrays) == ["w_panels"]
+    for guard in ("start", "end"):
+        out, ref, _ = _run("dense", x_shape, o, density=1.0, epilogue=epilogue, guard=guard,
+                           plan_rows=n * h * w)
+        np.testing.assert_allclose(out, ref, **TOL)
+
+
+def test_pixel_rows_only_for_plain_1x1_convs_on_small_images():
+    from sparsec.codegen.tvm.kernels.conv_pixel_rows import MAX_PIXELS, pixel_rows
+
+    def spec(rows, kernel=(1, 1), strides=(1, 1), pads=(0,) * 4, **kw):
+        return SparseOpSpec("SparseConv", "dense", 8, 8, "n", [], ["w"],
+                            ConvAttrs(kernel, strides, pads, (1, 1)), rows=rows, **kw)
+
+    assert pixel_rows(spec(36)) and pixel_rows(spec(MAX_PIXELS))
+    assert not pixel_rows(spec(MAX_PIXELS + 1))
+    assert not pixel_rows(spec(0))  # rows unknown
+    assert not pixel_rows(spec(36, kernel=(3, 3), pads=(1,) * 4))
+    assert not pixel_rows(spec(36, strides=(2, 2)))
+    assert not pixel_rows(spec(36, depthwise=ConvAttrs((3, 3), (1, 1), (1,) * 4, (1, 1))))
+    # Planned for a big image, called on a small one: the conv kernel, still right.
+    out, ref, _ = _run("dense", (1, 8, 5, 5), 8, density=1.0, plan_rows=MAX_PIXELS + 1)
+    np.testing.assert_allclose(out, ref, **TOL)
 
 
 def test_chw_spmm_rejects_non_1x1():
