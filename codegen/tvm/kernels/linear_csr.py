@@ -360,8 +360,8 @@ def _canonical(f, arrays, target, knobs, lanes, ntasks, task_rows, term):
         if str(indices.ty.dtype) == "int16" and lanes % 4 == 0:
             def words(j):
                 return T.reinterpret("int64", indices[T.Ramp(j, 1, 4)])
-        emit_nnz_path(f, lanes, ntasks, task_rows, entries, term,
-                      hardware_gather(target, lanes), knobs, words)
+        hw = bool(knobs.get("hw_gather", hardware_gather(target, lanes)))
+        emit_nnz_path(f, lanes, ntasks, task_rows, entries, term, hw, knobs, words)
 
 
 KERNELS = {("SparseLinear", "csr"): KernelDef(prepare=prepare, build=build)}

@@ -118,3 +118,18 @@ def test_avx512_csr_gathers_sixteen_lanes():
     spec, given, shape = _linear("csr", 1)
     gathers = [ln for ln in _asm(spec, given, shape, "avx512").splitlines() if "vgatherdps" in ln]
     assert gathers and all("zmm" in ln for ln in gathers), gathers[:3]
+
+
+def test_no_hardware_gather_on_amd_zen():
+    """AMD Zen's AVX-512 gather is slower than lane-by-lane loads (``hardware_gather``):
+    a build for znver4 gathers without vgatherdps, still in zmm registers."""
+    from sparsec.codegen.tvm.kernels.linear_common import hardware_gather
+
+    zen = tvm.target.Target({"kind": "llvm", "mcpu": "znver4", "num-cores": 2})
+    assert hardware_gather(_target("avx512"), 16) and not hardware_gather(zen, 16)
+    spec, given, shape = _linear("csr", 1)
+    arrays = kernel_for(spec).prepare(spec, given, zen)
+    func = kernel_for(spec).build(spec, shape, arrays, zen, {})
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), zen)
+    asm = lib.mod.inspect_source("asm")
+    assert "vgatherdps" not in asm and ZMM.search(asm)
