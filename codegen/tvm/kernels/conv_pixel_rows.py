@@ -47,17 +47,15 @@ from sparsec.ops import SparseOpSpec
 MAX_PIXELS = 256
 
 
-def pixel_rows(spec: SparseOpSpec, pixels: int | None = None) -> bool:
-    """Does this SparseConv run as the pixel-rows GEMM? ``pixels``: N*OH*OW of the call (the
-    plan's ``spec.rows`` when not given)."""
+def pixel_rows(spec: SparseOpSpec) -> bool:
+    """Does this SparseConv run as the pixel-rows GEMM? (By the plan's rows, N*OH*OW.)"""
     c = spec.conv
     if c is None or spec.depthwise is not None or spec.project is not None:
         return False
     if (tuple(c.kernel_shape) != (1, 1) or tuple(c.strides) != (1, 1) or any(c.pads)
             or c.group != 1 or tuple(c.dilations) != (1, 1)):
         return False
-    p = spec.rows if pixels is None else pixels
-    return 0 < p <= MAX_PIXELS
+    return 0 < spec.rows <= MAX_PIXELS
 
 
 def prepare(spec: SparseOpSpec, w: np.ndarray, target) -> dict[str, np.ndarray]:
