@@ -18,7 +18,8 @@ Over long reductions (k > ``CHUNK_ABOVE``, 1024) the sum runs in chunks of 256 w
 are added to a total, for accuracy (``tile_whole``). With more than one row block the chunks
 are also the outermost loop of each task (GotoBLAS order, ``tile_chunk``): a chunk of
 packed X is reused from L2 by every panel of the task. A weight that streams from memory
-once (one row block of 2 or more rows, 32 MiB or more) is prefetched 32 k steps ahead.
+once (one row block of 2 or more rows, 32 MiB or more) is prefetched 32 k steps ahead,
+except on CPUs that stream faster without (``linear_common.NO_PREFETCH_CPUS``: Zen 4).
 
 Knobs (all optional): ``mr`` rows per micro-tile, ``k_chunk``, ``chunk_above`` (the k
 above which the sum is chunked), ``prefetch`` (k steps, 0 off), ``pack`` (X into ``XP``:
@@ -38,6 +39,7 @@ from sparsec.codegen.tvm.kernels.linear_common import (
     LinearFunc,
     linear_func,
     loop,
+    software_prefetch,
     thread_count,
     vector_lanes,
     vector_registers,
@@ -92,7 +94,7 @@ def build(spec, in_shape, arrays, target, knobs=None):
     panels = arrays["w_panels"]
     with linear_func(spec, in_shape, arrays, "sparse_linear_dense") as f:
         _body(f, panels.shape, vector_lanes(target, knobs), vector_registers(target),
-              thread_count(target, knobs), knobs)
+              thread_count(target, knobs), knobs, software_prefetch(target))
     return f.func
 
 
@@ -106,7 +108,9 @@ def even_tiles(rows: int, most: int) -> int:
     return rows // tiles if rows % tiles == 0 else most
 
 
-def _body(f: LinearFunc, panel_shape, lanes, registers, threads, knobs):
+def _body(f: LinearFunc, panel_shape, lanes, registers, threads, knobs, prefetch=True):
+    """The GEMM into ``f.Y``; ``prefetch``: the target gains from software prefetches of a
+    streamed weight (``linear_common.software_prefetch``)."""
     npanel, k, nb = (int(d) for d in panel_shape)
     rows, out = f.rows, f.o
     nvec = max(1, nb // lanes)
@@ -148,7 +152,8 @@ def _body(f: LinearFunc, panel_shape, lanes, registers, threads, knobs):
     # prefetches (one per 2 loads) slowed it: 4096x4096 and 8192x2048 1.19-1.27x faster
     # without (2 threads, A/B in one process; onnxruntime 0.87-0.92x -> 1.08-1.10x). At 2
     # rows prefetching still pays (1.19-1.32x).
-    streams = nrb == 1 and rows > 1 and npanel * k * nb * 4 >= PREFETCH_MIN_BYTES
+    streams = (prefetch and nrb == 1 and rows > 1
+               and npanel * k * nb * 4 >= PREFETCH_MIN_BYTES)
     pf = int(knobs.get("prefetch", PREFETCH if streams else 0))  # k steps ahead; 0: none
 
     def sum_terms(p, rb, m, k0, length):

@@ -133,3 +133,20 @@ def test_no_hardware_gather_on_amd_zen():
     lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), zen)
     asm = lib.mod.inspect_source("asm")
     assert "vgatherdps" not in asm and ZMM.search(asm)
+
+
+def test_no_software_prefetch_on_zen4():
+    """A dense GEMM whose 32 MiB weight streams once prefetches it on Zen 3, not on Zen 4
+    (``linear_common.NO_PREFETCH_CPUS``)."""
+    from sparsec.codegen.tvm.kernels.linear_common import software_prefetch
+
+    def script(mcpu):
+        target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
+        spec = SparseOpSpec("SparseLinear", "dense", 2048, 4096, "fc", [], ["w"], rows=4)
+        nb = 2 * (16 if mcpu == "znver4" else 8)  # panels of 2 vectors
+        panels = {"w_panels": np.zeros((2048 // nb, 4096, nb), np.float32)}
+        return kernel_for(spec).build(spec, (4, 4096), panels, target, {}).script()
+
+    assert software_prefetch(_target("avx512")) and not software_prefetch(
+        tvm.target.Target({"kind": "llvm", "mcpu": "znver4"}))
+    assert "llvm.prefetch" in script("znver3") and "llvm.prefetch" not in script("znver4")
