@@ -325,6 +325,5 @@ def conv_attrs(node: ir.Node) -> ConvAttrs:
 
 
 def is_pointwise(attrs: ConvAttrs | None) -> bool:
-    """A 1x1 conv with stride 1, no padding and no dilation (a per-pixel Linear)."""
-    return (attrs is not None and attrs.kernel_shape == (1, 1) and attrs.strides == (1, 1)
-            and attrs.pads == (0, 0, 0, 0) and attrs.group == 1)
+    """A 1x1 conv with stride 1, no padding and group 1 (``ConvAttrs.pointwise``)."""
+    return attrs is not None and attrs.pointwise

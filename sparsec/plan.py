@@ -67,6 +67,12 @@ class ConvAttrs:
     def from_dict(cls, d: dict[str, Any]) -> ConvAttrs:
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
 
+    @property
+    def pointwise(self) -> bool:
+        """A 1x1 conv with stride 1, no padding and group 1: a per-pixel Linear."""
+        return (tuple(self.kernel_shape) == (1, 1) and tuple(self.strides) == (1, 1)
+                and not any(self.pads) and self.group == 1)
+
 
 @dataclass
 class DepthwiseFusion:

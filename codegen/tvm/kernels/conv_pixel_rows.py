@@ -52,10 +52,7 @@ def pixel_rows(spec: SparseOpSpec) -> bool:
     c = spec.conv
     if c is None or spec.depthwise is not None or spec.project is not None:
         return False
-    if (tuple(c.kernel_shape) != (1, 1) or tuple(c.strides) != (1, 1) or any(c.pads)
-            or c.group != 1 or tuple(c.dilations) != (1, 1)):
-        return False
-    return 0 < spec.rows <= MAX_PIXELS
+    return c.pointwise and tuple(c.dilations) == (1, 1) and 0 < spec.rows <= MAX_PIXELS
 
 
 def prepare(spec: SparseOpSpec, w: np.ndarray, target) -> dict[str, np.ndarray]:
