@@ -7,7 +7,10 @@ Prints how often the current constants pick the fastest measured layout, fits ne
 (``sparsec.passes.calibration``) to the points of every run given together, and prints
 the same for them, run by run. Two runs of one suite give the fit two samples of every
 point: a shared machine's noise moves single points by 10-30%, and one run's outliers
-pulled a fit of that run alone to a 2.8x miss elsewhere (RESULTS.md, 2026-12-01).
+pulled a fit of that run alone to a 2.8x miss elsewhere (RESULTS.md, 2026-12-01). The fit
+takes each candidate's fastest time over the runs (``merge``): noise only ever adds time,
+and two runs fitted side by side still traded a 1.67x miss at one run's outlier for the
+other run's points (2026-12-01, 07:45).
 ``--write`` stores the fitted constants as ``targets/calibration/cpu-<isa>-<mcpu>.json``
 (the instruction set and LLVM CPU name of the measured host, from the runs' metadata),
 which hosts of that CPU then use; runs recorded before the CPU name was (2026-12-01) give
@@ -87,16 +90,19 @@ def main(argv=None) -> int:
     family, mcpu = machines.pop()
     stem = f"{family}-{mcpu}" if mcpu else family
     meta = runs[-1].meta
-    lanes = 16 if family == "avx512" else 8
     cost = cpu.calibrated_cost(family, mcpu or None)
     # The cache term needs the size of the measured machine's last-level cache: the runs'
     # own record of it, else this host's (calibrate where you measured).
     cache = int(meta.get("llc_bytes") or cost.llc_bytes or cpu.llc_bytes())
-    spec = replace(cpu.SPEC, vector_lanes=lanes, cost=replace(cost, llc_bytes=cache))
-    everything = [m for run in runs for m in run.points]
-    fitted = calibration.fit(everything, spec)
+    spec = replace(cpu.SPEC, vector_lanes=cpu.family_lanes(family),
+                   cost=replace(cost, llc_bytes=cache))
+    merged = merge([run.data["points"] for run in runs])
+    fitted = calibration.fit(calibration.measured_points(merged), spec)
     new = replace(spec, cost=fitted)
-    for run in runs:
+    shown = runs if len(runs) == 1 else [*runs, Run(
+        Path(f"the fastest of {len(runs)} runs"), {"points": merged}, meta, family, mcpu,
+        calibration.measured_points(merged))]
+    for run in shown:
         points = run.points
         print(f"{run.path} ({run.meta.get('date', '?')}):")
         print("  " + report(f"current constants ({stem})",
@@ -119,18 +125,40 @@ def main(argv=None) -> int:
                       f" runs of {dates})",
             "cost": calibration.cost_dict(fitted)}, indent=1) + "\n")
         print(f"wrote {out}")
-    if args.record:
+    if args.record:  # what the fit saw: the fastest of the runs
         keep = ("shape", "pattern", "density", "batch", "layout", "stats", "candidates_ms")
-        for run in runs:
-            date = run.meta.get("date") or time.strftime("%Y-%m-%d")
-            out = ROOT / "benchmarks" / "recorded" / f"kernels-{stem}-{date}.json"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps({"meta": {**run.meta, "isa": family},
-                                       "points": [
-                {k: p[k] for k in keep if k in p} for p in run.data["points"]]}, indent=None)
-                + "\n")
-            print(f"wrote {out}")
+        date = meta.get("date") or time.strftime("%Y-%m-%d")
+        out = ROOT / "benchmarks" / "recorded" / f"kernels-{stem}-{date}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        record_meta = {**meta, "isa": family}
+        if len(runs) > 1:
+            record_meta["merged"] = (f"each candidate's fastest time over {len(runs)} runs "
+                                     "(benchmarks/calibrate.py merge)")
+        out.write_text(json.dumps({"meta": record_meta, "points": [
+            {k: p[k] for k in keep if k in p} for p in merged]}, indent=None) + "\n")
+        print(f"wrote {out}")
     return 0
+
+
+def _key(point: dict) -> tuple:
+    return (tuple(point.get("shape") or ()), point.get("pattern"), point.get("density"),
+            point.get("batch"))
+
+
+def merge(runs: list[list[dict]]) -> list[dict]:
+    """The points of several runs of one suite, each candidate at its fastest time over the
+    runs that measured it (a point measured by one run only is kept as it is)."""
+    out: dict[tuple, dict] = {}
+    for points in runs:
+        for p in points:
+            have = out.get(_key(p))
+            if have is None:
+                out[_key(p)] = {**p, "candidates_ms": dict(p.get("candidates_ms") or {})}
+                continue
+            best = have["candidates_ms"]
+            for layout, ms in (p.get("candidates_ms") or {}).items():
+                best[layout] = min(ms, best.get(layout, ms))
+    return list(out.values())
 
 
 if __name__ == "__main__":

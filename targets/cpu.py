@@ -95,7 +95,7 @@ def detect_host() -> HostInfo:
         implied = codegen.llvm_get_cpu_features(
             tvm.target.Target({"kind": "llvm", "mcpu": override}))
         have = [f for f in KEY_FEATURES if f in implied and (not flags or f in flags)]
-        return HostInfo(override, have, 16 if "avx512f" in have else 8)
+        return HostInfo(override, have, family_lanes(_family(have)))
     have = [f for f in KEY_FEATURES if f in flags]
     mcpu = codegen.llvm_get_system_cpu()
     if not flags:  # no /proc/cpuinfo: trust LLVM
@@ -107,13 +107,22 @@ def detect_host() -> HostInfo:
     implied = codegen.llvm_get_cpu_features(tvm.target.Target({"kind": "llvm", "mcpu": mcpu}))
     if any(f in implied and f not in flags for f in ("avx512f", "avx2", "amx-tile")):
         mcpu = "x86-64-v4" if "avx512f" in have else "x86-64-v3" if "avx2" in have else "x86-64"
-    return HostInfo(mcpu, have, 16 if "avx512f" in have else 8)
+    return HostInfo(mcpu, have, family_lanes(_family(have)))
+
+
+def _family(features) -> str:
+    return "avx512" if "avx512f" in features else "avx2" if "avx2" in features else "x86-64"
 
 
 def isa(host: HostInfo) -> str:
     """The instruction-set family the code is built for: avx512, avx2 or x86-64."""
-    return "avx512" if "avx512f" in host.features else "avx2" if "avx2" in host.features \
-        else "x86-64"
+    return _family(host.features)
+
+
+def family_lanes(family: str) -> int:
+    """fp32 lanes of an instruction-set family's vectors as the cost model counts them
+    (``HostInfo.vector_lanes`` of a host of that family)."""
+    return 16 if family == "avx512" else 8
 
 
 def calibration_file(family: str, mcpu: str | None = None) -> Path | None:
@@ -183,11 +192,13 @@ class CpuTarget:
 
     def check_toolchain(self) -> None:
         if platform.machine() not in ("x86_64", "AMD64"):
-            raise ToolchainError(f"--target cpu builds for x86-64 hosts; this is {platform.machine()}")
+            raise ToolchainError(f"--target cpu builds for x86-64 hosts; this is "
+                                 f"{platform.machine()}")
         try:
             import tvm  # noqa: F401
         except ImportError as exc:
-            raise ToolchainError(f"apache-tvm is not importable ({exc}); pip install apache-tvm") from None
+            raise ToolchainError(f"apache-tvm is not importable ({exc}); "
+                                 f"pip install apache-tvm") from None
 
     def check_ops(self, proto) -> None:
         from sparsec.codegen.tvm.support import check_supported

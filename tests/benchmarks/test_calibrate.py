@@ -21,9 +21,20 @@ def test_fits_over_several_runs_and_reports_each(tmp_path, capsys):
     a, b = _small_run(tmp_path, "a.json", "avx2"), _small_run(tmp_path, "b.json", "avx2", 20)
     assert calibrate.main([str(a), str(b)]) == 0
     out = capsys.readouterr().out
-    assert f"{a} (" in out and f"{b} (" in out
-    assert out.count("fitted constants: fastest layout at") == 2
+    assert f"{a} (" in out and f"{b} (" in out and "the fastest of 2 runs (" in out
+    assert out.count("fitted constants: fastest layout at") == 3
     assert '"csr_panel4_gflops"' in out
+
+
+def test_runs_merge_to_each_candidates_fastest_time():
+    point = {"shape": [8, 8], "pattern": "unstructured", "density": 0.1, "batch": 1}
+    a = [{**point, "candidates_ms": {"dense": 2.0, "csr": 1.0}},
+         {**point, "batch": 8, "candidates_ms": {"dense": 3.0, "csr": 5.0}}]
+    b = [{**point, "candidates_ms": {"dense": 1.5, "csr": 1.2, "bsr4x4": 0.9}}]
+    merged = calibrate.merge([a, b])
+    assert [m["candidates_ms"] for m in merged] == [
+        {"dense": 1.5, "csr": 1.0, "bsr4x4": 0.9}, {"dense": 3.0, "csr": 5.0}]
+    assert a[0]["candidates_ms"] == {"dense": 2.0, "csr": 1.0}  # the inputs stay as they were
 
 
 def test_runs_of_different_cpus_are_refused(tmp_path, capsys):

@@ -31,7 +31,7 @@ def _recorded(path):
     and CPU (runs recorded before the CPU was: their instruction set's)."""
     data = json.loads(path.read_text())
     family = data["meta"]["isa"]
-    spec = replace(cpu.SPEC, vector_lanes=16 if family == "avx512" else 8,
+    spec = replace(cpu.SPEC, vector_lanes=cpu.family_lanes(family),
                    cost=cpu.calibrated_cost(family, data["meta"].get("mcpu")))
     return calibration.measured_points(data["points"]), spec
 
