@@ -27,6 +27,7 @@ import numpy as np
 import tvm
 
 from sparsec.codegen.tvm.kernels import kernel_for
+from sparsec.codegen.tvm.stack_locals import compile_kernel
 from sparsec.formats import pack, unpack
 from sparsec.layouts import parse_layout
 from sparsec.ops import SparseOpSpec
@@ -74,7 +75,7 @@ def kernel_runner(layout, w, x, target):
     t0 = time.perf_counter()
     arrays = kdef.prepare(spec, packed.arrays, target)
     func = kdef.build(spec, x.shape, arrays, target, None)
-    fn = tvm.compile(tvm.IRModule({"main": func}), target=target)["main"]
+    fn = compile_kernel(func, target)["main"]
     seconds = time.perf_counter() - t0
     args = [tvm.runtime.tensor(a) for a in (x, *arrays.values())]
     y = tvm.runtime.tensor(np.zeros((x.shape[0], w.shape[0]), np.float32))

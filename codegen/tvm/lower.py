@@ -11,7 +11,9 @@ Steps (``build``):
                  to native code, ``exec_mode="compiled"``): every PrimFunc TVM
                  lowers itself gets a CPU schedule, ours are already scheduled; then
                  every buffer parameter is declared aligned to its element size only, so
-                 inputs need no 64-byte aligned copy (``unaligned``).
+                 inputs need no 64-byte aligned copy (``unaligned``); TIR is lowered with
+                 our pipeline, which keeps kernel-local buffers on the stack
+                 (``stack_locals``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from sparsec.formats import array_keys
 from sparsec.ops import SparseOpSpec
 from sparsec.plan import ConvAttrs
 from sparsec.codegen.tvm.kernels import kernel_for
+from sparsec.codegen.tvm import stack_locals
 from sparsec.codegen.tvm.relax_views import root
 from sparsec.codegen.tvm.support import check_supported
 from sparsec.codegen.tvm.unaligned import unaligned_params_pass
@@ -316,7 +319,8 @@ def build(model: ir.Model, target, pipeline, extra_outputs: tuple[str, ...] = ()
         steps = tvm.transform.Sequential([pipeline(target, planned.append), unaligned_params_pass])
         # The VM's instructions compiled to native code rather than interpreted:
         # GPT-2's decode step (~650 VM calls) 1.03x, MobileNetV2-96 1.02x.
-        ex = relax.build(mod, target, relax_pipeline=steps, exec_mode="compiled")
+        ex = relax.build(mod, target, relax_pipeline=steps, exec_mode="compiled",
+                         tir_pipeline=stack_locals.PIPELINE)
     inputs = [i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
     outputs = [o.name for o in proto.graph.output]
     fresh = fresh_outputs(planned[-1]) if planned else []

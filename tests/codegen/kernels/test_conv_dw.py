@@ -11,6 +11,7 @@ import torch
 import tvm
 
 from sparsec.codegen.tvm.kernels import conv_dw, conv_dw_rows, conv_dw_schedule, kernel_for
+from sparsec.codegen.tvm.stack_locals import compile_kernel
 from sparsec.errors import CompileError
 from sparsec.formats import pack
 from sparsec.ops import SparseOpSpec, apply_epilogue
@@ -50,7 +51,7 @@ def _run(x_shape, e, stride=1, pads=(1, 1, 1, 1), kernel=(3, 3), layout="chw-spm
     kd = kernel_for(spec)
     arrays = kd.prepare(spec, given, target)
     func = kd.build(spec, x_shape, arrays, target, knobs or {})
-    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target)
+    lib = compile_kernel(func, target)
 
     x = rng.standard_normal(x_shape).astype(np.float32) * 2
     bias, dw_bias = (rng.standard_normal(e).astype(np.float32) for _ in range(2))
@@ -252,7 +253,7 @@ def _run_before(x_shape, o, stride=1, pads=(1, 1, 1, 1), kernel=(3, 3), layout="
     kd = kernel_for(spec)
     arrays = kd.prepare(spec, dict(packed.arrays), HOST)
     func = kd.build(spec, x_shape, arrays, HOST, knobs or {})
-    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), HOST)
+    lib = compile_kernel(func, HOST)
     x = rng.standard_normal(x_shape).astype(np.float32)
     wd = rng.standard_normal((c, 1, *kernel)).astype(np.float32)
     dw_bias, bias = rng.standard_normal(c).astype(np.float32), rng.standard_normal(o).astype(

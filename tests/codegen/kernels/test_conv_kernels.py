@@ -16,6 +16,7 @@ from tvm import relax
 from sparsec.codegen.tvm.kernels import kernel_for
 from sparsec.codegen.tvm.kernels.conv import KERNELS, simd_lanes
 from sparsec.codegen.tvm.kernels.conv_geometry import pow2_pieces
+from sparsec.codegen.tvm.stack_locals import compile_kernel
 from sparsec.errors import CompileError
 from sparsec.formats import pack, unpack
 from sparsec.layouts import parse_layout
@@ -65,7 +66,7 @@ def _run(layout, x_shape, o, kernel=(1, 1), strides=(1, 1), pads=(0, 0, 0, 0),
     kd = kernel_for(spec)
     arrays = kd.prepare(spec, packed.arrays, target)
     func = kd.build(spec, x_shape, arrays, target, knobs or {})
-    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target)
+    lib = compile_kernel(func, target)
 
     x = rng.standard_normal(x_shape).astype(np.float32)
     xt = torch.nn.functional.pad(torch.from_numpy(x), (pads[1], pads[3], pads[0], pads[2]))

@@ -17,6 +17,7 @@ import pytest
 tvm = pytest.importorskip("tvm")
 
 from sparsec.codegen.tvm.kernels import kernel_for  # noqa: E402
+from sparsec.codegen.tvm.stack_locals import compile_kernel  # noqa: E402
 from sparsec.formats import pack  # noqa: E402
 from sparsec.ops import ConvAttrs, SparseOpSpec  # noqa: E402
 from sparsec.plan import EpilogueStep  # noqa: E402
@@ -50,7 +51,7 @@ def _asm(spec: SparseOpSpec, given: dict, in_shape, isa: str) -> str:
     kd = kernel_for(spec)
     arrays = kd.prepare(spec, given, target)
     func = kd.build(spec, in_shape, arrays, target, {})
-    ex = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target)
+    ex = compile_kernel(func, target)
     return ex.mod.inspect_source("asm")
 
 

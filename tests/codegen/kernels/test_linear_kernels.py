@@ -34,6 +34,7 @@ from sparsec.codegen.tvm.kernels.linear_dense import (  # noqa: E402
     even_tiles,
 )
 from sparsec.codegen.tvm.kernels.linear_csr import panel_major  # noqa: E402
+from sparsec.codegen.tvm.stack_locals import compile_kernel  # noqa: E402
 from sparsec.targetspec import PANEL_COLUMNS, csr_panel_columns, rows_block_vectors  # noqa: E402
 
 TOL = {"rtol": 1e-4, "atol": 1e-4}
@@ -96,7 +97,7 @@ def _run(layout, w, rows, steps=(), target=HOST, knobs=None, seed=1, plan_rows=0
     arrays = kdef.prepare(spec, packed.arrays, target)
     func = kdef.build(spec, (rows, inp), arrays, target, knobs)
     assert func.attrs["tirx.is_scheduled"] and func.attrs["tirx.noalias"]
-    ex = tvm.compile(tvm.IRModule({"main": func}), target=target)
+    ex = compile_kernel(func, target)
 
     x = rng.standard_normal((rows, inp)).astype(np.float32)
     bias = rng.standard_normal(out).astype(np.float32) if spec.has_bias else None
