@@ -5,7 +5,8 @@
 
 ``build`` picks one of three schedules by the arrays and the number of rows R (static):
 
-- rows path, R >= 2: X is transposed once into row blocks of 2 vectors, 4 when such a
+- rows path, R >= 2: X is transposed once into row blocks of 2 vectors (on AVX-512 of
+  4 or 8 lanes for a few rows, ``rows_lanes``), 4 when such a
   block of k columns fits 128 KiB (``targetspec.rows_block_vectors``) (``XT``, scratch,
   [k, block] per block). For every output row and row block the kernel walks the
   row's nonzeros: ``acc[:] += values[j] * XT[indices[j], :]`` (vectorized over the rows of the
@@ -89,6 +90,22 @@ def use_rows_path(rows: int, lanes: int, knobs: dict) -> bool:
     if path in ("rows", "nnz"):
         return path == "rows"
     return rows >= 2  # measured: 2 rows padded to a vector beat two gathers per nonzero
+
+
+def rows_lanes(rows: int, lanes: int) -> int:
+    """Vector width of the rows path for ``rows`` rows of X on AVX-512 (``lanes`` 16): the
+    one that pads the rows least, 4 only up to 4 rows, the wider on a tie. Each nonzero
+    loads a row of the transposed X and does one FMA per vector, so a vector of 16 over 8
+    rows moves and multiplies half zeros. Measured on Zen 4, 2 threads, kernels alone:
+    4096x4096 at 0.1, 2 and 4 rows 0.56 -> 0.41 ms (4 lanes; 8: 0.48), 8 rows 0.64 -> 0.51
+    (8 lanes), 24 rows 1.26 -> 1.08 (8 lanes), 16 and 32 rows the same either way;
+    768x3072 at 8 rows 1.38x (0.05), 1.28x (0.1), 1.10x (0.2); 3072x768 at 0.1 1.29x.
+    Narrower vectors at many rows lose (16 rows with 4 lanes: 1.8x slower). AVX2 keeps its
+    8 lanes: not measured there."""
+    if lanes != 16 or rows >= 2 * lanes:
+        return lanes
+    options = ([4] if rows <= 4 else []) + [8, lanes]
+    return min(options, key=lambda w: (-(-rows // w) * w, -w))
 
 
 def emit_rows_path(f: LinearFunc, lanes: int, ntasks: int, task_rows, entries, term, knobs,
@@ -353,7 +370,8 @@ def _canonical(f, arrays, target, knobs, lanes, ntasks, task_rows, term):
         return indptr[o], indptr[o + 1] - indptr[o]
 
     if use_rows_path(f.rows, lanes, knobs):
-        emit_rows_path(f, lanes, ntasks, task_rows, entries, term, knobs,
+        width = lanes if knobs.get("lanes") else rows_lanes(f.rows, lanes)
+        emit_rows_path(f, width, ntasks, task_rows, entries, term, knobs,
                        longest=int(np.diff(arrays["indptr"]).max(initial=0)))
     else:
         words = None

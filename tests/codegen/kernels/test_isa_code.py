@@ -145,3 +145,16 @@ def test_no_software_prefetch_on_zen4():
 
     assert software_prefetch(_target("avx512")) and not software_prefetch(_target("znver4"))
     assert "llvm.prefetch" in script("znver3") and "llvm.prefetch" not in script("znver4")
+
+
+def test_avx512_csr_rows_path_narrows_its_vectors_to_the_rows():
+    """At 8 rows the AVX-512 rows path multiplies in ymm (8 lanes) rather than zmm half of
+    zeros (``linear_csr.rows_lanes``); at 16 rows in zmm."""
+    def fmas(rows):
+        asm = _asm(*_linear("csr", rows), "avx512")
+        return [ln for ln in asm.splitlines() if "vfmadd" in ln]
+
+    eight, sixteen = fmas(8), fmas(16)
+    assert eight and not any("zmm" in ln for ln in eight), eight[:3]
+    assert any("zmm" in ln for ln in sixteen), sixteen[:3]
+

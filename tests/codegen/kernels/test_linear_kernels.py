@@ -33,7 +33,7 @@ from sparsec.codegen.tvm.kernels.linear_dense import (  # noqa: E402
     GEMV_PANEL_VECTORS,
     even_tiles,
 )
-from sparsec.codegen.tvm.kernels.linear_csr import panel_major  # noqa: E402
+from sparsec.codegen.tvm.kernels.linear_csr import panel_major, rows_lanes  # noqa: E402
 from sparsec.codegen.tvm.stack_locals import compile_kernel  # noqa: E402
 from sparsec.targetspec import PANEL_COLUMNS, csr_panel_columns, rows_block_vectors  # noqa: E402
 
@@ -467,3 +467,18 @@ def test_no_stray_access(layout, rows, plan_rows):
     for guard in ("start", "end"):
         y, ref = _run(layout, w, rows, [EpilogueStep("bias")], plan_rows=plan_rows, guard=guard)
         np.testing.assert_allclose(y, ref, **TOL)
+
+
+def test_csr_rows_path_width_follows_the_rows():
+    """AVX-512 pads the fewest rows (4 lanes only up to 4 rows, the wider on a tie); AVX2
+    keeps 8."""
+    widths = [rows_lanes(r, 16) for r in (2, 4, 5, 8, 9, 16, 17, 24, 31, 32, 128)]
+    assert widths == [4, 4, 8, 8, 16, 16, 8, 8, 16, 16, 16]
+    assert [rows_lanes(r, 8) for r in (2, 8, 24)] == [8, 8, 8]
+
+
+@pytest.mark.parametrize("rows", [2, 4, 8, 12, 24])
+def test_csr_rows_path_at_few_rows(rows):
+    """The widths ``rows_lanes`` picks on this host, against numpy."""
+    _check("csr", 70, 300, rows, 0.1, seed=rows)
+
