@@ -241,7 +241,46 @@ print(json.dumps({"ms": 1e3 * float(np.median(ts))}))
 """
 
 
+DEEPSPARSE_MAX_IR = 9  # what the onnxruntime inside DeepSparse 1.8 reads; torch writes 10
+DEEPSPARSE_OPSET = 17  # torch exports opset 20; DeepSparse 1.8 refuses anything past 19
+
+
+def for_deepsparse(onnx_path: Path) -> Path:
+    """``onnx_path``, or a copy beside it at IR version 9 and opset 17 (onnx's version
+    converter), which DeepSparse 1.8 loads. Raises ValueError when the graph has no opset-17
+    form: torch exports GELU as opset 20's ``Gelu``, which has no earlier version (BERT,
+    GPT-2)."""
+    import onnx
+    from onnx import version_converter
+
+    model = onnx.load(str(onnx_path))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if model.ir_version <= DEEPSPARSE_MAX_IR and opset <= DEEPSPARSE_OPSET:
+        return onnx_path
+    if opset > DEEPSPARSE_OPSET:
+        try:
+            model = version_converter.convert_version(model, DEEPSPARSE_OPSET)
+        except Exception as exc:  # the converter raises bare RuntimeErrors
+            raise ValueError(f"no opset-{DEEPSPARSE_OPSET} form of the model: "
+                             f"{str(exc).splitlines()[-1]}") from None
+        for node in model.graph.node:  # the converter keeps opset 18's default attribute
+            if node.op_type.startswith("Reduce"):
+                keep = [a for a in node.attribute
+                        if not (a.name == "noop_with_empty_axes" and a.i == 0)]
+                del node.attribute[:]
+                node.attribute.extend(keep)
+    model.ir_version = min(model.ir_version, DEEPSPARSE_MAX_IR)
+    out = onnx_path.with_name(onnx_path.stem + "-deepsparse.onnx")
+    onnx.save(model, str(out))
+    return out
+
+
 def deepsparse_ms(python: str, onnx_path: Path, inputs: Path) -> float | None:
+    try:
+        onnx_path = for_deepsparse(onnx_path)
+    except ValueError as exc:
+        print(f"  deepsparse skipped: {exc}", file=sys.stderr)
+        return None
     r = subprocess.run([python, "-c", DEEPSPARSE_SCRIPT, str(onnx_path), str(inputs)],
                        capture_output=True, text=True, timeout=1800)
     if r.returncode != 0:

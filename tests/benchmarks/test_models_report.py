@@ -34,3 +34,32 @@ def test_per_round_ratios_decide_and_show_their_spread():
     row.ratios["onnxruntime"] = [2.9, 2.7, 3.1]  # ... the rounds say 2.9x
     assert "| bert_base at 0.9: >= 3.0x onnxruntime | 2.90x (2.70-3.10) | no |" in goals([row])
     assert "| 2.90x (2.70-3.10) |" in table([row])
+
+
+def test_models_reach_deepsparse_at_ir9_and_opset17(tmp_path):
+    """DeepSparse 1.8 refuses torch's IR 10 / opset 20 by number: a copy at opset 17 and IR 9
+    (ReduceMean's opset-18 attribute dropped); a graph with opset 20's Gelu is refused
+    clearly, not sent."""
+    import onnx
+    import pytest
+    from onnx import TensorProto, helper
+
+    from benchmarks.models import for_deepsparse
+
+    def save(nodes, name):
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+            "x", TensorProto.FLOAT, [1, 4, 2, 2])], [helper.make_tensor_value_info(
+                "y", TensorProto.FLOAT, None)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+        model.ir_version = 10
+        path = tmp_path / name
+        onnx.save(model, path)
+        return path
+
+    mean = helper.make_node("ReduceMean", ["x"], ["y"], keepdims=1, noop_with_empty_axes=0)
+    out = onnx.load(for_deepsparse(save([mean], "mean.onnx")))
+    assert out.ir_version == 9 and out.opset_import[0].version == 17
+    assert [a.name for a in out.graph.node[0].attribute] == ["keepdims"]
+    onnx.checker.check_model(out)
+    with pytest.raises(ValueError, match="Gelu"):
+        for_deepsparse(save([helper.make_node("Gelu", ["x"], ["y"])], "gelu.onnx"))
