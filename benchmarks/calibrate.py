@@ -97,11 +97,12 @@ def main(argv=None) -> int:
     spec = replace(cpu.SPEC, vector_lanes=cpu.family_lanes(family),
                    cost=replace(cost, llc_bytes=cache))
     merged = merge([run.data["points"] for run in runs])
-    fitted = calibration.fit(calibration.measured_points(merged), spec)
+    merged_points = calibration.measured_points(merged)
+    fitted = calibration.fit(merged_points, spec)
     new = replace(spec, cost=fitted)
     shown = runs if len(runs) == 1 else [*runs, Run(
         Path(f"the fastest of {len(runs)} runs"), {"points": merged}, meta, family, mcpu,
-        calibration.measured_points(merged))]
+        merged_points)]
     for run in shown:
         points = run.points
         print(f"{run.path} ({run.meta.get('date', '?')}):")

@@ -1,6 +1,10 @@
 """The end-to-end benchmark's report: goals are judged on the measured speed-up."""
 
-from benchmarks.models import Row, goals, table
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from benchmarks.models import Row, for_deepsparse, goals, table
 
 
 def _row(model, level, sparsec_ms, ort_ms):
@@ -40,12 +44,6 @@ def test_models_reach_deepsparse_at_ir9_and_opset17(tmp_path):
     """DeepSparse 1.8 refuses torch's IR 10 / opset 20 by number: a copy at opset 17 and IR 9
     (ReduceMean's opset-18 attribute dropped); a graph with opset 20's Gelu is refused
     clearly, not sent."""
-    import onnx
-    import pytest
-    from onnx import TensorProto, helper
-
-    from benchmarks.models import for_deepsparse
-
     def save(nodes, name):
         graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
             "x", TensorProto.FLOAT, [1, 4, 2, 2])], [helper.make_tensor_value_info(
