@@ -232,7 +232,8 @@ from deepsparse import Engine
 model, inputs = sys.argv[1], sys.argv[2]
 with np.load(inputs, allow_pickle=False) as z:
     xs = [z[k] for k in z.files]
-eng = Engine(model=model, batch_size=xs[0].shape[0])
+eng = Engine(model=model, batch_size=None)  # the shapes are the exported ones (a KV cache
+# is not batch-first: overriding its first dimension breaks the graph)
 eng(xs)
 ts = []
 for _ in range(30):
@@ -245,11 +246,99 @@ DEEPSPARSE_MAX_IR = 9  # what the onnxruntime inside DeepSparse 1.8 reads; torch
 DEEPSPARSE_OPSET = 17  # torch exports opset 20; DeepSparse 1.8 refuses anything past 19
 
 
+def decompose_gelu(model) -> int:
+    """Rewrite opset 20's ``Gelu`` nodes of ``model`` (an onnx ModelProto, in place) into the
+    opset-13 ops they are defined by: ``0.5·x·(1 + erf(x/√2))``, or for ``approximate="tanh"``
+    ``0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))``. Returns how many were rewritten."""
+    from onnx import helper, numpy_helper
+
+    graph, nodes, count = model.graph, [], 0
+    for node in graph.node:
+        if node.op_type != "Gelu" or node.domain not in ("", "ai.onnx"):
+            nodes.append(node)
+            continue
+        approx = next((a.s.decode() for a in node.attribute if a.name == "approximate"), "none")
+        x, (y,), p = node.input[0], node.output, f"{node.name or 'gelu'}_{count}_"
+
+        def const(name, value):
+            graph.initializer.append(numpy_helper.from_array(
+                np.array(value, np.float32), p + name))
+            return p + name
+
+        def op(kind, *inputs, out=None):
+            nodes.append(helper.make_node(kind, list(inputs), [out or p + kind + str(len(nodes))]))
+            return nodes[-1].output[0]
+
+        if approx == "tanh":
+            cube = op("Mul", x, op("Mul", x, x))
+            inner = op("Add", x, op("Mul", cube, const("c", 0.044715)))
+            t = op("Tanh", op("Mul", inner, const("s", float(np.sqrt(2 / np.pi)))))
+        else:
+            t = op("Erf", op("Mul", x, const("r", float(1 / np.sqrt(2)))))
+        op("Mul", op("Mul", x, const("h", 0.5)), op("Add", t, const("one", 1.0)), out=y)
+        count += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return count
+
+
+def split_to_slices(model) -> int:
+    """Rewrite ``Split`` nodes of ``model`` (in place) into one ``Slice`` per output: onnx's
+    version converter has no adapter taking opset 18's Split (``num_outputs``) down to 17.
+    The split axis's length comes from shape inference; returns how many were rewritten.
+    Raises ValueError when it is not static."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    if not any(n.op_type == "Split" for n in graph.node):
+        return 0
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    dims = {v.name: [d.dim_value if d.HasField("dim_value") else None
+                     for d in v.type.tensor_type.shape.dim]
+            for v in [*inferred.input, *inferred.value_info, *inferred.output]}
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    nodes, count = [], 0
+    for node in graph.node:
+        if node.op_type != "Split" or node.domain not in ("", "ai.onnx"):
+            nodes.append(node)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        shape = dims.get(node.input[0])
+        axis = int(attrs.get("axis", 0))
+        length = shape[axis] if shape and -len(shape) <= axis < len(shape) else None
+        if len(node.input) > 1 and node.input[1]:
+            if node.input[1] not in consts:
+                raise ValueError(f"Split {node.name!r} has computed split sizes")
+            sizes = [int(v) for v in consts[node.input[1]]]
+        elif length is None:
+            raise ValueError(f"Split {node.name!r} splits an axis of unknown length")
+        else:
+            parts = int(attrs.get("num_outputs", len(node.output)))
+            step = -(-length // parts)
+            sizes = [min(step, length - i * step) for i in range(parts)]
+        start = 0
+        for i, (out, size) in enumerate(zip(node.output, sizes)):
+            names = []
+            for tag, value in (("starts", start), ("ends", start + size), ("axes", axis)):
+                names.append(f"{node.name or 'split'}_{count}_{i}_{tag}")
+                graph.initializer.append(numpy_helper.from_array(
+                    np.array([value], np.int64), names[-1]))
+            nodes.append(helper.make_node("Slice", [node.input[0], *names], [out]))
+            start += size
+        count += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return count
+
+
 def for_deepsparse(onnx_path: Path) -> Path:
     """``onnx_path``, or a copy beside it at IR version 9 and opset 17 (onnx's version
-    converter), which DeepSparse 1.8 loads. Raises ValueError when the graph has no opset-17
-    form: torch exports GELU as opset 20's ``Gelu``, which has no earlier version (BERT,
-    GPT-2)."""
+    converter), which DeepSparse 1.8 loads. torch exports GELU as opset 20's ``Gelu``, which
+    has no earlier version: it is decomposed into the ops that define it
+    (``decompose_gelu``), and Split, which the converter cannot take below opset 18, becomes
+    Slices (``split_to_slices``). Raises ValueError when the graph still has no opset-17
+    form."""
     import onnx
     from onnx import version_converter
 
@@ -258,6 +347,8 @@ def for_deepsparse(onnx_path: Path) -> Path:
     if model.ir_version <= DEEPSPARSE_MAX_IR and opset <= DEEPSPARSE_OPSET:
         return onnx_path
     if opset > DEEPSPARSE_OPSET:
+        decompose_gelu(model)
+        split_to_slices(model)
         try:
             model = version_converter.convert_version(model, DEEPSPARSE_OPSET)
         except Exception as exc:  # the converter raises bare RuntimeErrors

@@ -1,5 +1,6 @@
 """The end-to-end benchmark's report: goals are judged on the measured speed-up."""
 
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
@@ -59,5 +60,59 @@ def test_models_reach_deepsparse_at_ir9_and_opset17(tmp_path):
     assert out.ir_version == 9 and out.opset_import[0].version == 17
     assert [a.name for a in out.graph.node[0].attribute] == ["keepdims"]
     onnx.checker.check_model(out)
-    with pytest.raises(ValueError, match="Gelu"):
-        for_deepsparse(save([helper.make_node("Gelu", ["x"], ["y"])], "gelu.onnx"))
+    grid = helper.make_node("AffineGrid", ["x", "x"], ["y"])  # opset 20, no earlier form
+    with pytest.raises(ValueError, match="no opset-17 form"):
+        for_deepsparse(save([grid], "grid.onnx"))
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_reaches_deepsparse_as_the_ops_that_define_it(tmp_path, approximate):
+    """BERT's and GPT-2's opset-20 Gelu becomes Erf (or Tanh) arithmetic at opset 17, with
+    the same values as onnxruntime's Gelu."""
+    import onnxruntime as ort
+
+    graph = helper.make_graph(
+        [helper.make_node("Gelu", ["x"], ["g"], approximate=approximate),
+         helper.make_node("Gelu", ["g"], ["y"], approximate=approximate)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 64])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 10
+    path = tmp_path / "gelu.onnx"
+    onnx.save(model, path)
+    out = onnx.load(for_deepsparse(path))
+    onnx.checker.check_model(out)
+    kinds = {n.op_type for n in out.graph.node}
+    assert out.opset_import[0].version == 17 and "Gelu" not in kinds
+    assert ("Tanh" if approximate == "tanh" else "Erf") in kinds
+    x = np.random.default_rng(0).standard_normal((3, 64), dtype=np.float32) * 3
+    want, = ort.InferenceSession(str(path)).run(None, {"x": x})
+    got, = ort.InferenceSession(out.SerializeToString()).run(None, {"x": x})
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("split", [None, [2, 5, 3]])
+def test_split_reaches_deepsparse_as_slices(tmp_path, split):
+    """onnx's converter has no adapter for opset 18's Split: it becomes one Slice per output
+    (sizes from num_outputs and the inferred length, uneven last part, or the split input),
+    with onnxruntime's values."""
+    import onnxruntime as ort
+
+    inits = [helper.make_tensor("sizes", TensorProto.INT64, [3], split)] if split else []
+    node = (helper.make_node("Split", ["x", "sizes"], ["a", "b", "c"], axis=1) if split else
+            helper.make_node("Split", ["x"], ["a", "b", "c"], axis=1, num_outputs=3))
+    graph = helper.make_graph(
+        [node, helper.make_node("Concat", ["c", "a", "b"], ["y"], axis=1)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 10
+    path = tmp_path / "split.onnx"
+    onnx.save(model, path)
+    out = onnx.load(for_deepsparse(path))
+    onnx.checker.check_model(out)
+    assert [n.op_type for n in out.graph.node] == ["Slice"] * 3 + ["Concat"]
+    x = np.arange(20, dtype=np.float32).reshape(2, 10)
+    want, = ort.InferenceSession(str(path)).run(None, {"x": x})
+    got, = ort.InferenceSession(out.SerializeToString()).run(None, {"x": x})
+    np.testing.assert_array_equal(got, want)
