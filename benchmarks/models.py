@@ -332,6 +332,121 @@ def split_to_slices(model) -> int:
     return count
 
 
+DEEPSPARSE_MAX_RANK = 4  # GPT-2's stacked 6-D KV cache made DeepSparse's compiler assert
+
+
+def unstack_io(model, feeds: dict[str, np.ndarray]) -> tuple[int, dict[str, np.ndarray]]:
+    """Rewrite ``model`` (in place) so that no graph input or output has a rank above
+    ``DEEPSPARSE_MAX_RANK``: an input read only as ``Squeeze(Slice(x, [i, i+1], axis 0))``
+    or ``Gather(x, i)`` becomes one input per index (named as that node's output), an output built as
+    ``Concat(Unsqueeze(a), Unsqueeze(b), ...)`` along axis 0 becomes the outputs a, b, ...
+    (GPT-2's KV cache: [layers, 2, batch, heads, seq, dim]). Returns how many tensors were
+    split and the feeds for the new inputs."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = model.graph
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    types = {v.name: v for v in [*inferred.value_info, *inferred.output, *inferred.input]}
+    users: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    made = {n.output[0]: n for n in graph.node if n.output}
+
+    def const(name):
+        return [int(v) for v in np.atleast_1d(consts[name])] if name in consts else None
+
+    def index_of(slice_node):
+        """(i, node giving x[i]) when the node reads index i of axis 0: a Gather of a scalar
+        constant, or a Slice of [i, i+1) (step 1) read only by a Squeeze of axis 0; else
+        None."""
+        if slice_node.op_type == "Gather":
+            axis = [onnx.helper.get_attribute_value(a) for a in slice_node.attribute
+                    if a.name == "axis"] or [0]
+            index = consts.get(slice_node.input[1])
+            if axis == [0] and index is not None and index.ndim == 0:
+                return int(index), slice_node
+            return None
+        ins = list(slice_node.input) + [""] * 5
+        starts, ends, axes = const(ins[1]), const(ins[2]), const(ins[3]) if ins[3] else [0]
+        steps = const(ins[4]) if ins[4] else [1]
+        after = users.get(slice_node.output[0], [])
+        if None in (starts, ends, axes, steps) or axes != [0] or steps != [1] \
+                or len(starts) != 1 or ends[0] != starts[0] + 1 or len(after) != 1:
+            return None
+        sq = after[0]
+        if sq.op_type != "Squeeze" or len(sq.input) < 2 or const(sq.input[1]) != [0]:
+            return None
+        return starts[0], sq
+
+    split, new_feeds, drop, new_inputs = 0, {}, set(), []
+
+    def peel(name, value, info):
+        nonlocal split
+        uses = [index_of(n) if n.op_type in ("Slice", "Gather") else None
+                for n in users.get(name, [])]
+        if value.ndim <= DEEPSPARSE_MAX_RANK or not uses or None in uses:
+            new_inputs.append(onnx.helper.make_tensor_value_info(
+                name, info.type.tensor_type.elem_type, list(value.shape)))
+            new_feeds[name] = value
+            return
+        split += 1
+        for (i, sq), sl in zip(uses, users[name]):
+            drop.update({id(sl), id(sq)})
+            peel(sq.output[0], np.ascontiguousarray(value[i]), info)
+
+    for inp in list(graph.input):
+        if inp.name in feeds:
+            peel(inp.name, feeds[inp.name], inp)
+    outputs = []
+
+    def unstack(name):
+        nonlocal split
+        node = made.get(name)
+        rank = len(types[name].type.tensor_type.shape.dim) if name in types else 0
+        parts = [made.get(i) for i in node.input] if node is not None else []
+        if (rank <= DEEPSPARSE_MAX_RANK or node.op_type != "Concat"
+                or onnx.helper.get_attribute_value(node.attribute[0]) != 0
+                or not all(p is not None and p.op_type == "Unsqueeze"
+                           and const(p.input[1]) == [0] for p in parts)):
+            outputs.append(types.get(name) or onnx.helper.make_empty_tensor_value_info(name))
+            return
+        split += 1
+        for p in parts:
+            unstack(p.input[0])
+
+    for out in list(graph.output):
+        unstack(out.name)
+    if not split:
+        return 0, feeds
+    keep = [n for n in graph.node if id(n) not in drop]
+    del graph.node[:]
+    graph.node.extend(keep)
+    del graph.input[:]
+    graph.input.extend(new_inputs)
+    del graph.output[:]
+    graph.output.extend(outputs)
+    _drop_dead_nodes(graph)
+    return split, new_feeds
+
+
+def _drop_dead_nodes(graph) -> None:
+    """Remove the nodes no graph output depends on, and the initializers no node reads."""
+    live = {o.name for o in graph.output}
+    keep = []
+    for node in reversed(list(graph.node)):
+        if any(o in live for o in node.output):
+            keep.append(node)
+            live.update(node.input)
+    del graph.node[:]
+    graph.node.extend(reversed(keep))
+    inits = [t for t in graph.initializer if t.name in live]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+
+
 def for_deepsparse(onnx_path: Path) -> Path:
     """``onnx_path``, or a copy beside it at IR version 9 and opset 17 (onnx's version
     converter), which DeepSparse 1.8 loads. torch exports GELU as opset 20's ``Gelu``, which
@@ -367,11 +482,20 @@ def for_deepsparse(onnx_path: Path) -> Path:
 
 
 def deepsparse_ms(python: str, onnx_path: Path, inputs: Path) -> float | None:
+    import onnx
+
     try:
         onnx_path = for_deepsparse(onnx_path)
     except ValueError as exc:
         print(f"  deepsparse skipped: {exc}", file=sys.stderr)
         return None
+    model = onnx.load(str(onnx_path))
+    split, feeds = unstack_io(model, load_inputs(inputs))
+    if split:  # inputs and outputs of rank 4 at most (``unstack_io``)
+        onnx_path = onnx_path.with_name(onnx_path.stem + "-unstacked.onnx")
+        inputs = inputs.with_name(inputs.stem + "-unstacked.npz")
+        onnx.save(model, str(onnx_path))
+        np.savez(inputs, **feeds)
     r = subprocess.run([python, "-c", DEEPSPARSE_SCRIPT, str(onnx_path), str(inputs)],
                        capture_output=True, text=True, timeout=1800)
     if r.returncode != 0:

@@ -116,3 +116,40 @@ def test_split_reaches_deepsparse_as_slices(tmp_path, split):
     want, = ort.InferenceSession(str(path)).run(None, {"x": x})
     got, = ort.InferenceSession(out.SerializeToString()).run(None, {"x": x})
     np.testing.assert_array_equal(got, want)
+
+
+def test_stacked_kv_cache_reaches_deepsparse_unstacked(tmp_path):
+    """DeepSparse's compiler asserts on GPT-2's stacked 6-D KV cache: the input becomes one
+    4-D input per layer and key/value, the stacked output one output each, with the same
+    values (the feeds split to match)."""
+    import onnxruntime as ort
+    import torch
+
+    from benchmarks.models import unstack_io
+    from sparsec.models.zoo.export import to_onnx
+
+    class Step(torch.nn.Module):  # GPT-2's unbind (Split), and indexing (Gather)
+        def forward(self, x, past):
+            layers = past.unbind(0)
+            new = [torch.stack([layers[i].unbind(0)[0] + x, layers[i][1] * x])
+                   for i in range(3)]
+            return x * 2, torch.stack(new)
+
+    x = torch.randn(1, 2, 4, 5)
+    past = torch.randn(3, 2, 1, 2, 4, 5)
+    path = tmp_path / "step.onnx"
+    with torch.no_grad():
+        to_onnx(Step(), (x, past), path)
+    model = onnx.load(for_deepsparse(path))
+    feeds = {"x": x.numpy(), "past": past.numpy()}
+    split, new_feeds = unstack_io(model, feeds)
+    onnx.checker.check_model(model)
+    ranks = [len(v.type.tensor_type.shape.dim) for v in [*model.graph.input, *model.graph.output]]
+    assert split >= 2 and max(ranks) == 4 and len(new_feeds) == 1 + 6
+    want = ort.InferenceSession(str(path)).run(None, feeds)
+    got = ort.InferenceSession(model.SerializeToString()).run(None, new_feeds)
+    np.testing.assert_array_equal(got[0], want[0])
+    stacked = np.stack([np.stack(got[1 + 2 * i: 3 + 2 * i]) for i in range(3)])
+    np.testing.assert_array_equal(stacked, want[1])
+    assert [n for n in new_feeds if n != "x"] and all(
+        new_feeds[n].shape == (1, 2, 4, 5) for n in new_feeds if n != "x")
