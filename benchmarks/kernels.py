@@ -208,7 +208,7 @@ def run_point(p: Point, w: np.ndarray, bandwidth: float, gflops: float, deepspar
         entry = Plan.from_dict(cm.manifest["plan"]).entries[0]
         p.stats = asdict(entry.stats)
         spec = registry.get("cpu").spec
-        for lay in layout_candidates(entry, spec):
+        for lay in layout_candidates(entry, spec, p.batch):
             if lay.name != p.layout:
                 alt = sparsec.compile(model, layouts={"*": lay.name}, verify=False)
                 fns[f"sparsec:{lay.name}"] = lambda alt=alt: alt(x)

@@ -23,14 +23,15 @@ import math
 from dataclasses import asdict, dataclass, replace
 
 from sparsec.plan import PlanEntry, SparsityStats
-from sparsec.targetspec import CostConstants, TargetSpec
+from sparsec.targetspec import PANEL_COLUMNS, CostConstants, TargetSpec, csr_panel_columns
 
 from .choose_layouts import decide, estimate_times, weights_resident
 
 # The constants the fit moves; chw-spmm (convs) and the thresholds stay as they are.
 FITTED = ("dense_gflops", "csr_gflops", "csr_batch_gflops", "csr_wide_gflops",
-          "csr_panel4_gflops", "bsr_gflops", "bsr_batch_gflops", "bsr_wide_gflops", "nm_gflops",
-          "nm_batch_gflops", "nm_wide_gflops", "bandwidth_gbs", "llc_bandwidth_gbs")
+          "csr_panel4_gflops", "csr_narrow_gflops", "bsr_gflops", "bsr_batch_gflops", "bsr_wide_gflops", "nm_gflops",
+          "nm_batch_gflops", "nm_wide_gflops", "bitmap_gflops", "bitmap_batch_gflops",
+          "bandwidth_gbs", "llc_bandwidth_gbs")
 # Multiplicative moves of one constant. The 1.15-1.4 steps are there because a rate often
 # pays only in a narrow band: csr_panel4_gflops changed no decision at 1.25x csr_wide's
 # start and lost at 1.5x; 1.33x was the best (2026-12-01).
@@ -109,17 +110,33 @@ def _loss(points: list[Measured], spec: TargetSpec) -> float:
     return total + MODEL_WEIGHT * fit / max(1, len(points))
 
 
+def _narrow_panels(m: Measured, spec: TargetSpec) -> bool:
+    """The point's csr kernel runs panels narrower than PANEL_COLUMNS."""
+    lanes = spec.vector_lanes
+    panel = csr_panel_columns(m.entry.stats.cols, m.rows, lanes, m.entry.stats.density)
+    return "csr" in m.ms and m.rows > lanes and 0 < panel < PANEL_COLUMNS
+
+
 def fit(points: list[Measured], spec: TargetSpec, sweeps: int = 12) -> CostConstants:
     """Constants minimising the summed log regret (see the module docstring)."""
     best_cost = spec.cost
     if best_cost.csr_panel4_gflops is None:  # not calibrated yet: start from csr_wide's
         best_cost = replace(best_cost, csr_panel4_gflops=best_cost.csr_wide_gflops)
+    if best_cost.csr_narrow_gflops is None and any(  # nor this: where panels narrow
+            _narrow_panels(m, spec) for m in points):
+        best_cost = replace(best_cost, csr_narrow_gflops=best_cost.csr_wide_gflops)
+    for name, one_row in (("bitmap_gflops", True), ("bitmap_batch_gflops", False)):
+        measured = any("bitmap" in m.ms and (m.rows == 1) == one_row for m in points)
+        if measured and getattr(best_cost, name) is None:  # nor these: dense's rate, when
+            best_cost = replace(best_cost, **{name: best_cost.dense_gflops})  # data moves it
     if best_cost.llc_bytes and not best_cost.llc_bandwidth_gbs:  # nor this: 4x memory's
         best_cost = replace(best_cost, llc_bandwidth_gbs=4 * best_cost.bandwidth_gbs)
     best = _loss(points, replace(spec, cost=best_cost))
     for _ in range(sweeps):
         improved = False
         for name in FITTED:
+            if getattr(best_cost, name) is None:
+                continue
             for step in STEPS:
                 cost = replace(best_cost, **{name: getattr(best_cost, name) * step})
                 loss = _loss(points, replace(spec, cost=cost))

@@ -15,9 +15,15 @@ kernel executes on what it stores, padding included)::
     chw-spmm    2*nnz*rows             chw_spmm_gflops                        as csr
     bsrRxC      2*nblocks*R*C*prows    bsr_gflops | bsr_batch | bsr_wide      nblocks*(4*R*C+idx)
     nmN:M       2*O*K*(N/M)*prows      nm_gflops | nm_batch | nm_wide         O*K*(N/M)*5
+    bitmap      2*O*K*rows             bitmap_gflops | bitmap_batch (**)      4*nnz + O*K/8 + 4*(O+1)
 
 (*) ``csr_panel4_gflops`` where the kernel runs column panels in 4-vector row blocks (4 to 8
-vectors of rows and k > 256: ``csr_panel_columns``, ``panel_block_vectors``), when set.
+vectors of rows and k > 256: ``csr_panel_columns``, ``panel_block_vectors``), when set;
+``csr_narrow_gflops`` where those panels are narrower than ``PANEL_COLUMNS`` (AVX-512, at
+the weight's density), when set.
+(**) a candidate only for MatMul/Gemm at up to ``BITMAP_MAX_ROWS`` rows with K a multiple
+of the vector lanes, on targets that run it, and priced only once calibrated (the rates
+default to None: infinitely slow).
 ``idx`` is 2 bytes (int16 indices) when the column count fits, else 4. The two regimes are
 the kernels' two paths: one row (vectorized along the weight) and several rows (X
 transposed, vectorized over rows, which are padded to a multiple of the vector lanes:
@@ -60,7 +66,13 @@ from sparsec.layouts import Layout, parse_layout
 from sparsec.options import CompileOptions
 from sparsec.plan import Plan, PlanEntry
 from sparsec.targetspec import (
-    TargetSpec, csr_panel_columns, panel_block_vectors, rows_block_vectors,
+    BITMAP_KERNEL_ROWS,
+    BITMAP_MAX_ROWS,
+    PANEL_COLUMNS,
+    TargetSpec,
+    csr_panel_columns,
+    panel_block_vectors,
+    rows_block_vectors,
 )
 
 from .base import SparsecPass
@@ -120,9 +132,11 @@ def layout_time(layout: Layout, entry: PlanEntry, rows: int, target: TargetSpec,
         flops, stored = 2.0 * o * k * rows, 4.0 * o * k
     elif layout.kind == "csr":
         rate = c.csr_wide_gflops if wide else c.csr_batch_gflops if batch else c.csr_gflops
-        if wide and c.csr_panel4_gflops and csr_panel_columns(k, rows, lanes) \
-                and panel_block_vectors(rows, lanes) == 4:
+        panel = csr_panel_columns(k, rows, lanes, s.density) if wide else 0
+        if panel and c.csr_panel4_gflops and panel_block_vectors(rows, lanes) == 4:
             rate = c.csr_panel4_gflops  # column panels of 4-vector row blocks
+        if panel and c.csr_narrow_gflops and panel < PANEL_COLUMNS:
+            rate = c.csr_narrow_gflops  # panels narrowed towards L1 (AVX-512)
         flops, stored = 2.0 * s.nnz * prows, s.nnz * (4.0 + idx) + 4.0 * (o + 1)
     elif layout.kind == "chw-spmm":
         flops, rate = 2.0 * s.nnz * rows, c.chw_spmm_gflops
@@ -136,6 +150,12 @@ def layout_time(layout: Layout, entry: PlanEntry, rows: int, target: TargetSpec,
         if wide and _bsr_vectors(r, lanes) == 1:
             rate /= 2  # one vector of rows per block row: a value broadcast per FMA, not per 2
         stored = nblocks * (4.0 * r * cc + idx) + 4.0 * (o // r + 1)
+    elif layout.kind == "bitmap":
+        rate = c.bitmap_batch_gflops if batch else c.bitmap_gflops
+        if not rate:
+            return math.inf  # not calibrated on this target
+        flops = 2.0 * o * k * rows
+        stored = 4.0 * s.nnz + o * k / 8.0 + 4.0 * (o + 1)
     else:  # nm
         n, m = layout.params
         flops = 2.0 * o * k * (n / m) * prows
@@ -170,9 +190,10 @@ def _bsr_vectors(r: int, lanes: int) -> int:
     return 2 if 2 * r <= budget else 1
 
 
-def candidates(entry: PlanEntry, target: TargetSpec) -> list[Layout]:
+def candidates(entry: PlanEntry, target: TargetSpec, rows: int | None = None) -> list[Layout]:
     """Layouts worth estimating, dense first. Ties go to the earlier one: the more
-    specialised kernel first (chw-spmm, bsr, nm), csr last."""
+    specialised kernel first (chw-spmm, bsr, nm), csr, then bitmap (at ``rows`` kernel
+    rows, when given and at most ``BITMAP_MAX_ROWS``)."""
     s = entry.stats
     found = [Layout("dense")]
     if target.supports("chw-spmm") and entry.op == "Conv" and is_pointwise(entry.conv):
@@ -183,6 +204,9 @@ def candidates(entry: PlanEntry, target: TargetSpec) -> list[Layout]:
         found.append(Layout("nm", s.nm))
     if target.supports("csr"):
         found.append(Layout("csr"))
+    if (target.supports("bitmap") and entry.op != "Conv" and rows is not None
+            and rows <= BITMAP_MAX_ROWS and s.cols % max(8, target.vector_lanes) == 0):
+        found.append(Layout("bitmap"))
     return found
 
 
@@ -190,7 +214,7 @@ def estimate_times(entry: PlanEntry, rows: int, target: TargetSpec,
                    resident: bool = False) -> dict[str, float]:
     """Estimated seconds per call of every candidate layout, by name (dense first)."""
     return {lay.name: layout_time(lay, entry, rows, target, resident=resident)
-            for lay in candidates(entry, target)}
+            for lay in candidates(entry, target, rows)}
 
 
 def _occupied_blocks(w2d: np.ndarray, r: int, c: int) -> int:
@@ -208,6 +232,16 @@ def check_forced(entry: PlanEntry, wop: WeightOp, layout: Layout, target: Target
         raise LayoutError(f"{where}: chw-spmm needs a 1x1 Conv with stride 1 and no padding; "
                           f"this is a {entry.op}"
                           + (f" with kernel {list(entry.conv.kernel_shape)}" if entry.conv else ""))
+    if layout.kind == "bitmap":
+        rows, lanes = kernel_rows(wop), max(8, target.vector_lanes)
+        if entry.op == "Conv":
+            raise LayoutError(f"{where}: bitmap runs MatMul/Gemm weights; this is a Conv")
+        if rows > BITMAP_KERNEL_ROWS:
+            raise LayoutError(f"{where}: bitmap runs up to {BITMAP_KERNEL_ROWS} rows of "
+                              f"input; this layer has {rows}")
+        if entry.stats.cols % lanes:
+            raise LayoutError(f"{where}: bitmap on {target.name} needs in "
+                              f"({entry.stats.cols}) divisible by {lanes}")
     why = check_fits(wop.w2d(), layout)
     if why:
         raise LayoutError(f"{where}: {why}")

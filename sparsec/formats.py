@@ -12,6 +12,8 @@ element (kernels and runtimes dislike empty buffers); the true counts are in ``m
 |             | indptr: i32 [O/r+1]; needs O % r == 0 and K % c == 0                      |
 | nm{n}:{m}   | values: f32 [O, K/m*n], indices: i8 [O, K/m*n] (position inside its group) |
 |             | needs K % m == 0 and at most n nonzeros in every group of m               |
+| bitmap      | values: f32 [max(nnz,1)] (row by row, column order), mask: u8 [O, K/8]    |
+|             | (bit b of byte j: column 8j+b is stored), indptr: i32 [O+1]; K % 8 == 0   |
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ def check_fits(w: np.ndarray, layout: Layout | str) -> str | None:
         r, c = lay.params
         if o % r or k % c:
             return f"bsr{r}x{c} needs out ({o}) divisible by {r} and in ({k}) divisible by {c}"
+    if lay.kind == "bitmap" and k % 8:
+        return f"bitmap needs in ({k}) divisible by 8"
     if lay.kind == "nm":
         n, m = lay.params
         if k % m:
@@ -106,13 +110,21 @@ def pack(w: np.ndarray, layout: Layout | str) -> Packed:
                       {"values": np.ascontiguousarray(values, np.float32),
                        "indices": np.ascontiguousarray(order.reshape(o, k // m * n), np.int8)},
                       {"nnz": int(np.count_nonzero(w))})
+    if lay.kind == "bitmap":
+        nz = w != 0
+        indptr = np.zeros(o + 1, np.int32)
+        np.cumsum(nz.sum(axis=1), out=indptr[1:])
+        mask = np.packbits(nz, axis=1, bitorder="little")
+        values = _nonempty(w[nz].astype(np.float32), (1,))
+        return Packed(lay.name, (o, k), {"values": values, "mask": mask, "indptr": indptr},
+                      {"nnz": int(indptr[-1])})
     raise LayoutError(f"no storage format for layout {lay.name}")
 
 
 def array_keys(layout: Layout | str) -> list[str]:
     """The names of the arrays ``pack`` makes for ``layout``, in order."""
     lay = parse_layout(layout) if isinstance(layout, str) else layout
-    r, c = lay.params if lay.kind == "bsr" else (1, lay.params[1] if lay.kind == "nm" else 1)
+    r, c = lay.params if lay.kind == "bsr" else (1, lay.params[1] if lay.kind == "nm" else 8)
     return list(pack(np.zeros((r, c), np.float32), lay).arrays)
 
 
@@ -144,5 +156,9 @@ def unpack(p: Packed) -> np.ndarray:
         vals = a["values"].reshape(o, g, n)
         view = w.reshape(o, g, m)
         np.put_along_axis(view, idx, vals, axis=2)
+        return w
+    if lay.kind == "bitmap":
+        nz = np.unpackbits(a["mask"], axis=1, count=k, bitorder="little").astype(bool)
+        w[nz] = a["values"][:int(a["indptr"][-1])]
         return w
     raise LayoutError(f"no storage format for layout {lay.name}")

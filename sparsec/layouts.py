@@ -7,6 +7,8 @@
 | ``bsr{r}x{c}``| nonzero r×c blocks, their block-column indices, block-row ptrs  |
 | ``nm{n}:{m}`` | n values of every m along ``in``, plus their positions (int8)  |
 | ``chw-spmm``  | 1×1 conv in NCHW: CSR over output channels, vectorized over pixels |
+| ``bitmap``    | the nonzero values row by row, a bit per weight saying which are kept, |
+|               | row pointers (moderate sparsity, few rows: half the bytes of dense) |
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ _NM = re.compile(r"^nm(\d+):(\d+)$")
 class Layout:
     """A parsed layout name. ``params`` is (r, c) for bsr and (n, m) for nm."""
 
-    kind: str  # dense | csr | bsr | nm | chw-spmm
+    kind: str  # dense | csr | bsr | nm | chw-spmm | bitmap
     params: tuple[int, ...] = ()
 
     @property
@@ -46,7 +48,7 @@ class Layout:
 def parse_layout(name: str) -> Layout:
     """``"bsr4x4" -> Layout("bsr", (4, 4))``; an unknown name is a UsageError."""
     text = name.strip().lower()
-    if text in ("dense", "csr", "chw-spmm"):
+    if text in ("dense", "csr", "chw-spmm", "bitmap"):
         return Layout(text)
     if m := _BSR.match(text):
         r, c = int(m.group(1)), int(m.group(2))
@@ -60,8 +62,8 @@ def parse_layout(name: str) -> Layout:
         return Layout("nm", (n, mm))
     raise UsageError(
         f"unknown layout {name!r}; known layouts: dense, csr, bsr<r>x<c> (e.g. bsr4x4), "
-        "nm<n>:<m> (e.g. nm2:4), chw-spmm"
+        "nm<n>:<m> (e.g. nm2:4), chw-spmm, bitmap"
     )
 
 
-LAYOUT_KINDS = ("dense", "csr", "bsr", "nm", "chw-spmm")
+LAYOUT_KINDS = ("dense", "csr", "bsr", "nm", "chw-spmm", "bitmap")

@@ -42,7 +42,18 @@ class CostConstants:
     # AVX2), and the loop runs faster per FLOP than with them (measured on AVX2: 4096x4096
     # at density 0.5, 32 rows, 74 GFLOP/s against 61 at 128 rows). None: csr_wide_gflops.
     csr_panel4_gflops: float | None = None
+    # csr with column panels narrowed below PANEL_COLUMNS (AVX-512: a panel's transposed X
+    # sized to L1, ``csr_panel_columns``): 1.3-1.7x the rate of 256-column panels at density
+    # 0.2-0.5 (measured on Zen 4). None: the rate of the panels' block width.
+    csr_narrow_gflops: float | None = None
     chw_spmm_gflops: float = 100.0  # 1x1 conv, vectorized over pixels
+    # bitmap (``kernels/linear_bitmap``): rates on the dense-shaped FLOPs (2*O*K*rows: it
+    # walks every group of columns whatever the density), one row and 2 up to
+    # ``BITMAP_MAX_ROWS``. None until calibrated: the layout is then measured by the
+    # calibration runs but never picked (its AVX2 form, a table-driven permute, is slower
+    # than dense where AVX-512's vexpandps is 1.4-2x faster at density 0.35-0.5).
+    bitmap_gflops: float | None = None
+    bitmap_batch_gflops: float | None = None
     bandwidth_gbs: float = 36.0  # streaming the stored weight (dense 4096² GEMV: 1.84 ms)
     # A model whose weights fit the last-level cache (``llc_bytes``, the host's; 0: unknown)
     # reads them from there on every call after the first, at ``llc_bandwidth_gbs`` (0: no
@@ -72,12 +83,18 @@ def rows_block_vectors(k: int, lanes: int) -> int:
 
 
 PANEL_COLUMNS = 256  # see csr_panel_columns
+BITMAP_MAX_ROWS = 4  # the bitmap layout is a candidate up to this many kernel rows ...
+BITMAP_KERNEL_ROWS = 16  # ... and runs (forced) up to this many: its accumulators are registers
 
 
-def csr_panel_columns(k: int, rows: int, lanes: int) -> int:
+PANEL_L1_BYTES = 32 << 10  # AVX-512: a panel's transposed X sized to this (L1d) ...
+PANEL_SEGMENT_NNZ = 8  # ... unless a row's share of it then holds fewer nonzeros
+
+
+def csr_panel_columns(k: int, rows: int, lanes: int, density: float = 1.0) -> int:
     """Columns per panel of the csr rows path with column panels (``linear_csr``), 0 for
-    none: ``PANEL_COLUMNS`` when the GEMM has at least one full 4-vector block of rows
-    and more than one panel of columns.
+    none: panels when the GEMM has at least one full 4-vector block of rows and more than
+    ``PANEL_COLUMNS`` columns.
 
     The weight is then stored panel by panel, and each block of rows walks one panel of
     every output row before the next, so the panel's transposed X (256 columns of 32 rows
@@ -87,10 +104,26 @@ def csr_panel_columns(k: int, rows: int, lanes: int) -> int:
     core, 32 and 128 rows at density 0.1, against the 2-vector rows path: 4096x4096 0.69x
     the time, 768x3072 0.76x, 3072x768 0.82x; panels of 2-vector blocks 1.03-1.08x. Reading
     the panels out of the row-major CSR arrays, through per-row cut points, was 1.2-1.5x
-    slower than the rows path: the weight's stream then jumps every few dozen entries."""
-    if rows >= 4 * lanes and k > PANEL_COLUMNS:
+    slower than the rows path: the weight's stream then jumps every few dozen entries.
+
+    AVX2 keeps ``PANEL_COLUMNS``. With AVX-512's 16 lanes a block of 8 vectors is 128 rows,
+    and 256 columns of it (128 KiB) stream every nonzero's row of X from L2: the panel is
+    sized to ``PANEL_L1_BYTES`` (64 columns at 128 rows, 128 at 64), then doubled up to
+    ``PANEL_COLUMNS`` while a row's segment would hold fewer than ``PANEL_SEGMENT_NNZ``
+    nonzeros at ``density`` (each segment loads and stores a block of partial sums).
+    Measured on Zen 4, 2 threads, kernels A/B in one process, 128 rows, 256 / 128 / 64
+    columns: 4096x4096 at 0.5 21.4 / 18.0 / 12.9 ms (dense 20.9, DeepSparse 13.9 in its
+    own run), 0.2 7.63 / 6.16 / 5.77, 0.1 3.86 / 3.48 / 3.55, 0.05 2.07 / 2.09 / 2.67;
+    3072x768 at 0.5 2.97 / 2.45 / 1.82, 0.1 0.62 / 0.53 / 0.52; 768x3072 at 0.5 3.36 /
+    2.89 / 2.28; at 64 rows 4096x4096 0.2 3.22 / 3.02 / 3.31."""
+    if rows < 4 * lanes or k <= PANEL_COLUMNS:
+        return 0
+    if lanes < 16:
         return PANEL_COLUMNS
-    return 0
+    cols = max(lanes, PANEL_L1_BYTES // (4 * panel_block_vectors(rows, lanes) * lanes))
+    while cols < PANEL_COLUMNS and cols * density < PANEL_SEGMENT_NNZ:
+        cols *= 2
+    return min(cols, PANEL_COLUMNS)
 
 
 def panel_block_vectors(rows: int, lanes: int) -> int:

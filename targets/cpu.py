@@ -22,7 +22,7 @@ KEY_FEATURES = ("avx512f", "avx2", "fma")
 SPEC = TargetSpec(
     name="cpu",
     description="host x86-64 CPU (TVM + LLVM; AVX2 / AVX-512 detected)",
-    layouts=("dense", "csr", "bsr", "nm", "chw-spmm"),
+    layouts=("dense", "csr", "bsr", "nm", "chw-spmm", "bitmap"),
     vector_lanes=8,
     cost=CostConstants(),
 )
@@ -42,7 +42,7 @@ PIPELINE = (
     "analyze      sparsity statistics of every constant MatMul/Gemm/Conv weight",
     "shrink       drop all-zero output channels where consumers can absorb them",
     "epilogues    mark bias / activation / residual chains for fusion",
-    "layouts      cost model (or --layout) picks dense, csr, bsr, nm or chw-spmm",
+    "layouts      cost model (or --layout) picks dense, csr, bsr, nm, chw-spmm or bitmap",
     "lower        each planned op + epilogue -> one ai.sparsec node with packed arrays",
     "tvm          TVM ONNX import, sparse TIR kernels, CPU schedules, LLVM codegen",
     "verify       run on seeded inputs against onnxruntime / torch",

@@ -162,6 +162,41 @@ def test_small_weight_with_much_work_is_not_kept_dense(tools):
     assert entries["lin"].layout == "dense" and "minimum" in entries["lin"].reason
 
 
+def test_bitmap_once_calibrated_at_moderate_density_and_few_rows(tools):
+    """bitmap is priced on dense-shaped FLOPs and sparse bytes: at density 0.45 a weight
+    streaming from memory at one row goes bitmap where the target runs it at a calibrated
+    rate; uncalibrated (None), on a target without it, or at 32 rows it does not."""
+    w = sparse((1024, 1024), 0.45)
+    runs = dataclasses.replace(CPU, layouts=CPU.layouts + ("bitmap",), vector_lanes=16)
+    rated = dataclasses.replace(runs, cost=dataclasses.replace(
+        CostConstants(), bitmap_gflops=60.0, bitmap_batch_gflops=60.0))
+
+    def pick(target, batch=1):
+        entries, _ = choose(tools, {"w": w}, target=target, batch=batch)
+        return entries["w"]
+
+    e = pick(rated)
+    assert e.layout == "bitmap" and e.reason.startswith("bitmap: est. "), e.reason
+    assert pick(runs).layout != "bitmap" and pick(CPU).layout != "bitmap"
+    assert "bitmap" not in estimate_times(e, 32, rated)
+    assert pick(rated, batch=32).layout != "bitmap"
+
+
+def test_forced_bitmap_misfits(tools):
+    runs = dataclasses.replace(CPU, layouts=CPU.layouts + ("bitmap",), vector_lanes=16)
+    force = CompileOptions(layouts={"*": "bitmap"})
+    with pytest.raises(LayoutError, match=r"fc_w.*bitmap on cpu needs in \(40\) divisible by 16"):
+        choose(tools, {"w": sparse((8, 40), 0.5)}, target=runs, options=force)
+    with pytest.raises(LayoutError, match="up to 16 rows of input; this layer has 17"):
+        choose(tools, {"w": sparse((8, 32), 0.5)}, target=runs, options=force, batch=17)
+    with pytest.raises(LayoutError, match="bitmap runs MatMul/Gemm weights; this is a Conv"):
+        choose(tools, {"w": sparse((8, 32), 0.5)}, conv=sparse((8, 4, 3, 3), 0.5),
+               target=runs, options=CompileOptions(layouts={"conv": "bitmap"}))
+    entries, _ = choose(tools, {"w": sparse((8, 32), 0.5)}, target=runs, options=force,
+                        batch=16)
+    assert entries["w"].layout == "bitmap"
+
+
 def test_forced_layout_is_honoured(tools):
     opts = CompileOptions(layouts={"fc_a": "bsr2x2", "b": "csr", "*": "dense"})
     entries, p = choose(tools, {"a": sparse((64, 64), 0.9), "b": sparse((64, 64), 0.9),

@@ -32,6 +32,9 @@ def _block(o, k, r, c, d):
     ("bsr1x8", np.zeros((3, 16), np.float32)),
     ("nm2:4", _nm(9, 32, 2, 4)),
     ("nm1:8", _nm(5, 64, 1, 8)),
+    ("bitmap", _block(9, 48, 1, 1, 0.5)),
+    ("bitmap", np.zeros((3, 8), np.float32)),
+    ("bitmap", RNG.standard_normal((2, 24)).astype(np.float32)),
 ])
 def test_roundtrip(layout, w):
     p = pack(w, layout)
@@ -52,3 +55,14 @@ def test_refusals():
         pack(w, "nm2:4")
     with pytest.raises(LayoutError, match="divisible by 16"):
         pack(w, "nm2:16")
+
+
+def test_bitmap_bits():
+    """Bit b of mask byte j says whether column 8j+b is stored; values in column order."""
+    w = np.zeros((2, 16), np.float32)
+    w[0, [1, 9, 15]] = [1.0, 2.0, 3.0]
+    p = pack(w, "bitmap")
+    assert p.arrays["mask"].tolist() == [[0b10, 0b10000010], [0, 0]]
+    assert p.arrays["values"].tolist() == [1.0, 2.0, 3.0]
+    assert p.arrays["indptr"].tolist() == [0, 3, 3]
+    assert "divisible by 8" in check_fits(np.ones((2, 12), np.float32), "bitmap")

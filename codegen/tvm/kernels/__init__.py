@@ -29,7 +29,8 @@ from sparsec.errors import CompileError
 from sparsec.layouts import parse_layout
 from sparsec.ops import SparseOpSpec
 
-_MODULES = ("linear_dense", "linear_csr", "linear_bsr", "linear_nm", "conv", "conv_dw")
+_MODULES = ("linear_dense", "linear_csr", "linear_bsr", "linear_nm", "linear_bitmap", "conv",
+            "conv_dw")
 
 
 @dataclass(frozen=True)

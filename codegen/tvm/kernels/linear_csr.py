@@ -20,7 +20,8 @@
   sums cost more than the L2 loads they save. They pay with wider blocks (next).
 - rows path with column panels, when the plan's rows (``spec.rows``) fill a 4-vector block
   and k > 256 (``targetspec.csr_panel_columns``): ``prepare`` stores the entries panel by
-  panel (256 columns; ``panel_major``, ``pptr`` instead of ``indptr``). Row blocks are 8
+  panel (256 columns on AVX2; on AVX-512 64-256 by the rows and the density;
+  ``panel_major``, ``pptr`` instead of ``indptr``). Row blocks are 8
   vectors when the rows fill them, else 4 (``panel_block_vectors``); each walks panel p of
   every output row of its task, keeping partial sums in a scratch ``[o, block]``, then
   panel p + 1. The panel's XT (256 x 64 rows: 64 KiB) stays close while the weight
@@ -312,7 +313,8 @@ def prepare(spec, arrays, target):
     costs = np.diff(indptr).astype(np.int64) + 4  # a row costs its nonzeros plus a store
     values, indices = np.asarray(arrays["values"], np.float32), np.asarray(arrays["indices"])
     tasks = row_tasks(costs, target)
-    panel = csr_panel_columns(spec.in_features, spec.rows, vector_lanes(target))
+    density = int(indptr[-1]) / max(1, spec.out_features * spec.in_features)
+    panel = csr_panel_columns(spec.in_features, spec.rows, vector_lanes(target), density)
     if panel:
         values, indices, pptr = panel_major(values, indices, indptr, panel, spec.in_features)
         return {"values": values, "indices": indices, "pptr": pptr, "tasks": tasks}

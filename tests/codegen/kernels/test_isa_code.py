@@ -92,6 +92,7 @@ def _expand_depthwise(layout: str, stride: int, project: bool):
 CASES = {
     **{f"linear-{lay}-rows{r}": (lambda lay=lay, r=r: _linear(lay, r))
        for lay in ("dense", "csr", "bsr4x4", "bsr16x1", "nm2:4") for r in (1, 9)},
+    **{f"linear-bitmap-rows{r}": (lambda r=r: _linear("bitmap", r)) for r in (1, 3)},
     "conv-chw-spmm": lambda: _conv("chw-spmm"),
     "conv-dense-3x3": lambda: _conv("dense"),
     "conv-bsr2x2-3x3": lambda: _conv("bsr2x2"),
@@ -158,3 +159,17 @@ def test_avx512_csr_rows_path_narrows_its_vectors_to_the_rows():
     assert eight and not any("zmm" in ln for ln in eight), eight[:3]
     assert any("zmm" in ln for ln in sixteen), sixteen[:3]
 
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_bitmap_expands_with_the_isa(rows):
+    """The bitmap kernel spreads a group's stored values to their columns with AVX-512's
+    vexpandps under a k-mask taken from the group's 16 bits, one per group and row of
+    output; with AVX2 with a permute of the values by a table row, in ymm (``vpermps``,
+    which LLVM emits as ``vpermd``; ``linear_bitmap._expand``)."""
+    wide = _asm(*_linear("bitmap", rows), "avx512")
+    assert any("vexpandps" in ln and "zmm" in ln and "{%k" in ln for ln in wide.splitlines())
+    assert "popcnt" in wide and "vfmadd" in wide
+    narrow = _asm(*_linear("bitmap", rows), "avx2")
+    assert re.search(r"vperm(ps|d)\s.*%ymm", narrow) and "vexpandps" not in narrow
+    assert not ZMM.search(narrow)

@@ -215,7 +215,8 @@ def test_csr_panels(vectors, extra, inp, density, steps):
     spec = SparseOpSpec("SparseLinear", "csr", 44, inp, "fc", [], list(packed.arrays), rows=rows)
     arrays = kernel_for(spec).prepare(spec, packed.arrays, HOST)
     assert "pptr" in arrays and "indptr" not in arrays
-    assert arrays["pptr"].shape == (-(-inp // PANEL_COLUMNS) * 44 + 1,)
+    panel = csr_panel_columns(inp, rows, vector_lanes(HOST), np.count_nonzero(w) / w.size)
+    assert arrays["pptr"].shape == (-(-inp // panel) * 44 + 1,)
     y, ref = _run("csr", w, rows, steps, seed=rows, plan_rows=rows)
     np.testing.assert_allclose(y, ref, **TOL)
     # Compiled for a different row count than planned: still right.
@@ -227,11 +228,16 @@ def test_csr_panels(vectors, extra, inp, density, steps):
 
 
 def test_csr_panels_only_when_they_pay():
-    lanes = vector_lanes(HOST)
-    assert csr_panel_columns(4096, 4 * lanes, lanes) == PANEL_COLUMNS
-    assert csr_panel_columns(4096, 4 * lanes - 1, lanes) == 0  # no full 4-vector block
-    assert csr_panel_columns(PANEL_COLUMNS, 128, lanes) == 0  # one panel
-    assert csr_panel_columns(4096, 0, lanes) == 0  # rows unknown
+    for lanes in (8, 16):
+        assert csr_panel_columns(4096, 4 * lanes - 1, lanes) == 0  # no full 4-vector block
+        assert csr_panel_columns(PANEL_COLUMNS, 128, lanes) == 0  # one panel
+        assert csr_panel_columns(4096, 0, lanes) == 0  # rows unknown
+    assert csr_panel_columns(4096, 32, 8, 0.5) == csr_panel_columns(4096, 128, 8) == 256
+    # AVX-512: X's panel sized to L1 (64 columns of 128 rows, 128 of 64), widened while a
+    # row's segment would hold fewer than 8 nonzeros
+    assert [csr_panel_columns(4096, 128, 16, d) for d in (0.5, 0.2, 0.1, 0.05, 0.0)] == \
+        [64, 64, 128, 256, 256]
+    assert csr_panel_columns(4096, 64, 16, 0.5) == 128
 
 
 def test_panel_major_order():
@@ -292,18 +298,58 @@ EPILOGUES = [
 ]
 
 
-@pytest.mark.parametrize("layout", ["dense", "csr", "bsr4x4", "bsr8x1", "nm2:4"])
+@pytest.mark.parametrize("layout", ["dense", "csr", "bsr4x4", "bsr8x1", "nm2:4", "bitmap"])
 @pytest.mark.parametrize("steps", EPILOGUES, ids=lambda s: "-".join(x.op for x in s))
 @pytest.mark.parametrize("rows", [1, 6])
 def test_epilogues(layout, steps, rows):
     _check(layout, 40, 64, rows, 0.5, steps=steps, seed=rows)
 
 
+# ---------------------------------------------------------------- bitmap
+
+
+# in a multiple of 16 (AVX-512's groups; AVX2's are 8)
+BITMAP_SHAPES = [(1, 16), (29, 48), (40, 64), (130, 304)]
+
+
+@pytest.mark.parametrize("shape", BITMAP_SHAPES)
+@pytest.mark.parametrize("rows,density", [(1, 1.0), (1, 0.5), (2, 0.3), (3, 0.0), (4, 0.5),
+                                          (16, 0.2)])
+def test_bitmap_matches_numpy(shape, rows, density):
+    _check("bitmap", *shape, rows, density, seed=rows)
+
+
+@pytest.mark.parametrize("knobs", [{"together": 2}, {"together": 3}, {"unroll": 1},
+                                   {"unroll": 3}, {"prefetch": 0}])
+@pytest.mark.parametrize("rows", [1, 2])
+def test_bitmap_knobs(knobs, rows):
+    """Output rows side by side (with a remainder), accumulator sets (with a remainder of
+    groups), no prefetch: the same numbers."""
+    _check("bitmap", 37, 80, rows, 0.45, knobs=knobs, seed=3)
+
+
+def test_bitmap_expand_table():
+    """Lane l of mask m takes value number popcount(m below l), for every 8-bit mask."""
+    from sparsec.codegen.tvm.kernels.linear_bitmap import expand_table
+
+    lut = expand_table(8)
+    for m in (0b1, 0b10110100, 0xFF):
+        taken = [lut[m, lane] for lane in range(8) if m >> lane & 1]
+        assert taken == list(range(bin(m).count("1")))
+
+
+def test_bitmap_needs_whole_groups_of_sixteen_on_avx512():
+    packed = pack(np.ones((4, 24), np.float32), "bitmap")  # fits the format (24 % 8 == 0)
+    spec = SparseOpSpec("SparseLinear", "bitmap", 4, 24, "fc", [], list(packed.arrays))
+    with pytest.raises(CompileError, match="divisible by 16"):
+        kernel_for(spec).prepare(spec, packed.arrays, _host_target("x86-64-v4"))
+
+
 # ---------------------------------------------------------------- other targets and threads
 
 
 @pytest.mark.skipif("avx2" not in _cpu_flags(), reason="needs an AVX2 host")
-@pytest.mark.parametrize("layout", ["dense", "csr", "bsr4x4", "bsr8x1", "nm2:4"])
+@pytest.mark.parametrize("layout", ["dense", "csr", "bsr4x4", "bsr8x1", "nm2:4", "bitmap"])
 @pytest.mark.parametrize("rows", [1, 9])
 def test_avx2_code(layout, rows):
     # 8 lanes and 16 registers: other tile sizes, and no AVX-512 gather.
