@@ -338,8 +338,9 @@ DEEPSPARSE_MAX_RANK = 4  # GPT-2's stacked 6-D KV cache made DeepSparse's compil
 def unstack_io(model, feeds: dict[str, np.ndarray]) -> tuple[int, dict[str, np.ndarray]]:
     """Rewrite ``model`` (in place) so that no graph input or output has a rank above
     ``DEEPSPARSE_MAX_RANK``: an input read only as ``Squeeze(Slice(x, [i, i+1], axis 0))``
-    or ``Gather(x, i)`` becomes one input per index (named as that node's output), an output built as
-    ``Concat(Unsqueeze(a), Unsqueeze(b), ...)`` along axis 0 becomes the outputs a, b, ...
+    or ``Gather(x, i)`` becomes one input per index (named as that node's output), an
+    output built as ``Concat(Unsqueeze(a), Unsqueeze(b), ...)`` along axis 0 becomes the
+    outputs a, b, ...
     (GPT-2's KV cache: [layers, 2, batch, heads, seq, dim]). Returns how many tensors were
     split and the feeds for the new inputs."""
     import onnx

@@ -29,9 +29,9 @@ from .choose_layouts import decide, estimate_times, weights_resident
 
 # The constants the fit moves; chw-spmm (convs) and the thresholds stay as they are.
 FITTED = ("dense_gflops", "csr_gflops", "csr_batch_gflops", "csr_wide_gflops",
-          "csr_panel4_gflops", "csr_narrow_gflops", "bsr_gflops", "bsr_batch_gflops", "bsr_wide_gflops", "nm_gflops",
-          "nm_batch_gflops", "nm_wide_gflops", "bitmap_gflops", "bitmap_batch_gflops",
-          "bandwidth_gbs", "llc_bandwidth_gbs")
+          "csr_panel4_gflops", "csr_narrow_gflops", "bsr_gflops", "bsr_batch_gflops",
+          "bsr_wide_gflops", "nm_gflops", "nm_batch_gflops", "nm_wide_gflops", "bitmap_gflops",
+          "bitmap_batch_gflops", "bandwidth_gbs", "llc_bandwidth_gbs")
 # Multiplicative moves of one constant. The 1.15-1.4 steps are there because a rate often
 # pays only in a narrow band: csr_panel4_gflops changed no decision at 1.25x csr_wide's
 # start and lost at 1.5x; 1.33x was the best (2026-12-01).

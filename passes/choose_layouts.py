@@ -15,7 +15,7 @@ kernel executes on what it stores, padding included)::
     chw-spmm    2*nnz*rows             chw_spmm_gflops                        as csr
     bsrRxC      2*nblocks*R*C*prows    bsr_gflops | bsr_batch | bsr_wide      nblocks*(4*R*C+idx)
     nmN:M       2*O*K*(N/M)*prows      nm_gflops | nm_batch | nm_wide         O*K*(N/M)*5
-    bitmap      2*O*K*rows             bitmap_gflops | bitmap_batch (**)      4*nnz + O*K/8 + 4*(O+1)
+    bitmap      2*O*K*rows             bitmap_gflops | bitmap_batch (**)      4*nnz+O*K/8+4*(O+1)
 
 (*) ``csr_panel4_gflops`` where the kernel runs column panels in 4-vector row blocks (4 to 8
 vectors of rows and k > 256: ``csr_panel_columns``, ``panel_block_vectors``), when set;

@@ -35,7 +35,8 @@ def _common(p: argparse.ArgumentParser, layouts: bool = True) -> None:
     if layouts:
         p.add_argument("--layout", action="append", default=[], metavar="[OP=]LAYOUT",
                        help="force a layout for every op (csr) or one op or weight (fc1=bsr4x4); "
-                       "layouts: dense, csr, bsr<r>x<c>, nm<n>:<m>, chw-spmm, bitmap (repeatable)")
+                       "layouts: dense, csr, bsr<r>x<c>, nm<n>:<m>, chw-spmm, bitmap "
+                       "(repeatable)")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -41,54 +41,55 @@ def test_per_round_ratios_decide_and_show_their_spread():
     assert "| 2.90x (2.70-3.10) |" in table([row])
 
 
+def _opset20(tmp_path, name, nodes, x_shape, y_shape=None, inits=()):
+    """A one-input graph as torch exports it (IR 10, opset 20), saved: its path."""
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, x_shape)], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, y_shape)], list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 10
+    path = tmp_path / name
+    onnx.save(model, path)
+    return path
+
+
+def _same_values(path, converted, x, **tol):
+    """onnxruntime gives the converted model the original's output for ``x``."""
+    import onnxruntime as ort
+
+    want, = ort.InferenceSession(str(path)).run(None, {"x": x})
+    got, = ort.InferenceSession(converted.SerializeToString()).run(None, {"x": x})
+    np.testing.assert_allclose(got, want, **tol)
+
+
 def test_models_reach_deepsparse_at_ir9_and_opset17(tmp_path):
     """DeepSparse 1.8 refuses torch's IR 10 / opset 20 by number: a copy at opset 17 and IR 9
-    (ReduceMean's opset-18 attribute dropped); a graph with opset 20's Gelu is refused
-    clearly, not sent."""
-    def save(nodes, name):
-        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
-            "x", TensorProto.FLOAT, [1, 4, 2, 2])], [helper.make_tensor_value_info(
-                "y", TensorProto.FLOAT, None)])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
-        model.ir_version = 10
-        path = tmp_path / name
-        onnx.save(model, path)
-        return path
-
+    (ReduceMean's opset-18 attribute dropped); a graph with an opset-20 op that has no
+    earlier form is refused clearly, not sent."""
     mean = helper.make_node("ReduceMean", ["x"], ["y"], keepdims=1, noop_with_empty_axes=0)
-    out = onnx.load(for_deepsparse(save([mean], "mean.onnx")))
+    out = onnx.load(for_deepsparse(_opset20(tmp_path, "mean.onnx", [mean], [1, 4, 2, 2])))
     assert out.ir_version == 9 and out.opset_import[0].version == 17
     assert [a.name for a in out.graph.node[0].attribute] == ["keepdims"]
     onnx.checker.check_model(out)
     grid = helper.make_node("AffineGrid", ["x", "x"], ["y"])  # opset 20, no earlier form
     with pytest.raises(ValueError, match="no opset-17 form"):
-        for_deepsparse(save([grid], "grid.onnx"))
+        for_deepsparse(_opset20(tmp_path, "grid.onnx", [grid], [1, 4, 2, 2]))
 
 
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 def test_gelu_reaches_deepsparse_as_the_ops_that_define_it(tmp_path, approximate):
     """BERT's and GPT-2's opset-20 Gelu becomes Erf (or Tanh) arithmetic at opset 17, with
     the same values as onnxruntime's Gelu."""
-    import onnxruntime as ort
-
-    graph = helper.make_graph(
-        [helper.make_node("Gelu", ["x"], ["g"], approximate=approximate),
-         helper.make_node("Gelu", ["g"], ["y"], approximate=approximate)], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 64])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
-    model.ir_version = 10
-    path = tmp_path / "gelu.onnx"
-    onnx.save(model, path)
+    gelus = [helper.make_node("Gelu", ["x"], ["g"], approximate=approximate),
+             helper.make_node("Gelu", ["g"], ["y"], approximate=approximate)]
+    path = _opset20(tmp_path, "gelu.onnx", gelus, [3, 64], [3, 64])
     out = onnx.load(for_deepsparse(path))
     onnx.checker.check_model(out)
     kinds = {n.op_type for n in out.graph.node}
     assert out.opset_import[0].version == 17 and "Gelu" not in kinds
     assert ("Tanh" if approximate == "tanh" else "Erf") in kinds
     x = np.random.default_rng(0).standard_normal((3, 64), dtype=np.float32) * 3
-    want, = ort.InferenceSession(str(path)).run(None, {"x": x})
-    got, = ort.InferenceSession(out.SerializeToString()).run(None, {"x": x})
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    _same_values(path, out, x, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("split", [None, [2, 5, 3]])
@@ -96,26 +97,15 @@ def test_split_reaches_deepsparse_as_slices(tmp_path, split):
     """onnx's converter has no adapter for opset 18's Split: it becomes one Slice per output
     (sizes from num_outputs and the inferred length, uneven last part, or the split input),
     with onnxruntime's values."""
-    import onnxruntime as ort
-
     inits = [helper.make_tensor("sizes", TensorProto.INT64, [3], split)] if split else []
     node = (helper.make_node("Split", ["x", "sizes"], ["a", "b", "c"], axis=1) if split else
             helper.make_node("Split", ["x"], ["a", "b", "c"], axis=1, num_outputs=3))
-    graph = helper.make_graph(
-        [node, helper.make_node("Concat", ["c", "a", "b"], ["y"], axis=1)], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 10])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 10])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
-    model.ir_version = 10
-    path = tmp_path / "split.onnx"
-    onnx.save(model, path)
+    nodes = [node, helper.make_node("Concat", ["c", "a", "b"], ["y"], axis=1)]
+    path = _opset20(tmp_path, "split.onnx", nodes, [2, 10], [2, 10], inits)
     out = onnx.load(for_deepsparse(path))
     onnx.checker.check_model(out)
     assert [n.op_type for n in out.graph.node] == ["Slice"] * 3 + ["Concat"]
-    x = np.arange(20, dtype=np.float32).reshape(2, 10)
-    want, = ort.InferenceSession(str(path)).run(None, {"x": x})
-    got, = ort.InferenceSession(out.SerializeToString()).run(None, {"x": x})
-    np.testing.assert_array_equal(got, want)
+    _same_values(path, out, np.arange(20, dtype=np.float32).reshape(2, 10), rtol=0, atol=0)
 
 
 def test_stacked_kv_cache_reaches_deepsparse_unstacked(tmp_path):
