@@ -39,6 +39,10 @@ def test_per_round_ratios_decide_and_show_their_spread():
     row.ratios["onnxruntime"] = [2.9, 2.7, 3.1]  # ... the rounds say 2.9x
     assert "| bert_base at 0.9: >= 3.0x onnxruntime | 2.90x (2.70-3.10) | no |" in goals([row])
     assert "| 2.90x (2.70-3.10) |" in table([row])
+    row.ms.update({"deepsparse": 18.0, "sparsec alone": 10.0})  # both timed back to back
+    assert "DeepSparse 18.000 ms against sparsec's 10.000 timed alone (1.80x) | no |" in \
+        goals([row])
+    assert "| sparsec alone ms | deepsparse ms |" in table([row])
 
 
 def _opset20(tmp_path, name, nodes, x_shape, y_shape=None, inits=()):
