@@ -229,12 +229,7 @@ def alone_ms(fn) -> float:
     the other engine has thrashed the caches: BERT-base at 50% ran 74-80 ms back to back
     and 89-92 ms in those blocks (2026-12-01)."""
     fn()
-    times = []
-    for _ in range(ALONE_CALLS):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * float(np.median(times))
+    return median_ms(fn, ALONE_CALLS)
 
 
 def run_child(engine: str, *args: str, timeout: int = 900) -> dict | None:
