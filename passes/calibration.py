@@ -23,9 +23,9 @@ import math
 from dataclasses import asdict, dataclass, replace
 
 from sparsec.plan import PlanEntry, SparsityStats
-from sparsec.targetspec import PANEL_COLUMNS, CostConstants, TargetSpec, csr_panel_columns
+from sparsec.targetspec import PANEL_COLUMNS, CostConstants, TargetSpec
 
-from .choose_layouts import decide, estimate_times, weights_resident
+from .choose_layouts import csr_panels, decide, estimate_times, weights_resident
 
 # The constants the fit moves; chw-spmm (convs) and the thresholds stay as they are.
 FITTED = ("dense_gflops", "csr_gflops", "csr_batch_gflops", "csr_wide_gflops",
@@ -112,9 +112,8 @@ def _loss(points: list[Measured], spec: TargetSpec) -> float:
 
 def _narrow_panels(m: Measured, spec: TargetSpec) -> bool:
     """The point's csr kernel runs panels narrower than PANEL_COLUMNS."""
-    lanes = spec.vector_lanes
-    panel = csr_panel_columns(m.entry.stats.cols, m.rows, lanes, m.entry.stats.density)
-    return "csr" in m.ms and m.rows > lanes and 0 < panel < PANEL_COLUMNS
+    return "csr" in m.ms and 0 < csr_panels(m.entry.stats, m.rows, spec.vector_lanes) \
+        < PANEL_COLUMNS
 
 
 def fit(points: list[Measured], spec: TargetSpec, sweeps: int = 12) -> CostConstants:

@@ -132,7 +132,7 @@ def layout_time(layout: Layout, entry: PlanEntry, rows: int, target: TargetSpec,
         flops, stored = 2.0 * o * k * rows, 4.0 * o * k
     elif layout.kind == "csr":
         rate = c.csr_wide_gflops if wide else c.csr_batch_gflops if batch else c.csr_gflops
-        panel = csr_panel_columns(k, rows, lanes, s.density) if wide else 0
+        panel = csr_panels(s, rows, lanes)
         if panel and c.csr_panel4_gflops and panel_block_vectors(rows, lanes) == 4:
             rate = c.csr_panel4_gflops  # column panels of 4-vector row blocks
         if panel and c.csr_narrow_gflops and panel < PANEL_COLUMNS:
@@ -165,6 +165,14 @@ def layout_time(layout: Layout, entry: PlanEntry, rows: int, target: TargetSpec,
     bandwidth = c.llc_bandwidth_gbs if resident and c.llc_bandwidth_gbs else c.bandwidth_gbs
     memory = stored * _weight_passes(layout, rows, lanes, k) / (bandwidth * 1e9)
     return max(compute, memory) + c.overhead_s
+
+
+def csr_panels(stats, rows: int, lanes: int) -> int:
+    """Columns per panel of the csr kernel at ``rows`` rows (``csr_panel_columns`` at the
+    weight's shape and density; 0 for no panels, as at up to one vector of rows)."""
+    if rows <= lanes:
+        return 0
+    return csr_panel_columns(stats.cols, rows, lanes, stats.density)
 
 
 def _weight_passes(layout: Layout, rows: int, lanes: int, k: int) -> int:

@@ -5,7 +5,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from benchmarks.models import Row, for_deepsparse, goals, table
+from benchmarks.deepsparse_onnx import for_deepsparse
+from benchmarks.models import Row, goals, table
 
 
 def _row(model, level, sparsec_ms, ort_ms):
@@ -119,7 +120,7 @@ def test_stacked_kv_cache_reaches_deepsparse_unstacked(tmp_path):
     import onnxruntime as ort
     import torch
 
-    from benchmarks.models import unstack_io
+    from benchmarks.deepsparse_onnx import unstack_io
     from sparsec.models.zoo.export import to_onnx
 
     class Step(torch.nn.Module):  # GPT-2's unbind (Split), and indexing (Gather)
