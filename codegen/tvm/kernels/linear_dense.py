@@ -60,6 +60,10 @@ PREFETCH_MIN_BYTES = 32 << 20  # ... from memory, being this big
 # kernel A/B'd in one process, unpacked over packed: 4096x4096 at 8-128 rows 0.95-0.99x and
 # 768x3072 at 128 rows 0.90x (so packed there); 3072x768 1.0-1.05x, 1024x1024 1.00x,
 # 256x64 and 256x256 at 360 rows 1.12-1.13x, 64x1024 at 512 rows 1.81x, 10x256 2.28x.
+# Nor with one row block over a weight that stays in cache: the pack is a parallel region of
+# its own for one tile's reuse. AVX-512 (Zen 4), A/B in one process, unpacked over packed:
+# 768x3072 at 4 and 8 rows 1.10-1.11x (0.184 -> 0.166 ms, onnxruntime 0.181), and the AVX2
+# build at 4 and 6 rows 1.08-1.09x; but 4096x4096 at 8 rows, which streams, 0.92x.
 PACK_MIN_K = 2048
 PACK_MIN_PANELS = 8
 # At one row (GEMV) a panel of 2 vectors broadcasts x[k] for every 2 vector loads of W; 4
@@ -121,10 +125,21 @@ def _body(f: LinearFunc, panel_shape, lanes, registers, threads, knobs, prefetch
     tail_cols = out - (npanel - 1) * nb  # valid columns of the last panel
     W = f.arrays["w_panels"]
 
+    # With one row block, W streams through once and nothing reuses it; when it is also too
+    # big to stay in cache, prefetch it. Measured: 4096x4096 (64 MiB), 4-14 rows: 1.2-1.5x
+    # faster; 3072x768 and 1024x1024 (cache-resident), 8 rows: 1.3-1.5x slower, so not there.
+    # Not at one row either: the GEMV's 4-vector panels stream fine without, and the
+    # prefetches (one per 2 loads) slowed it: 4096x4096 and 8192x2048 1.19-1.27x faster
+    # without (2 threads, A/B in one process; onnxruntime 0.87-0.92x -> 1.08-1.10x). At 2
+    # rows prefetching still pays (1.19-1.32x).
+    big = npanel * k * nb * 4 >= PREFETCH_MIN_BYTES  # (from memory, not from cache)
+    streams = prefetch and nrb == 1 and rows > 1 and big
+    pf = int(knobs.get("prefetch", PREFETCH if streams else 0))  # k steps ahead; 0: none
+
     xp = None
     pack = knobs.get("pack")
-    if pack is None:
-        pack = k >= PACK_MIN_K and npanel >= PACK_MIN_PANELS
+    if pack is None:  # (one row block of a cache-resident W: see ``PACK_MIN_K``)
+        pack = k >= PACK_MIN_K and npanel >= PACK_MIN_PANELS and (nrb > 1 or big)
     if rows > 2 and pack:
         xp = T.decl_buffer((nrb, k, mr), F32, scope="global")
         with loop(nrb, "parallel") as rb:
@@ -144,17 +159,6 @@ def _body(f: LinearFunc, panel_shape, lanes, registers, threads, knobs, prefetch
 
     def part_at(p, rb, i, j):  # tile-contiguous: a [mr, nb] tile per (row block, panel)
         return ((rb * npanel + p) * mr + i) * nb + j
-
-    # With one row block, W streams through once and nothing reuses it; when it is also too
-    # big to stay in cache, prefetch it. Measured: 4096x4096 (64 MiB), 4-14 rows: 1.2-1.5x
-    # faster; 3072x768 and 1024x1024 (cache-resident), 8 rows: 1.3-1.5x slower, so not there.
-    # Not at one row either: the GEMV's 4-vector panels stream fine without, and the
-    # prefetches (one per 2 loads) slowed it: 4096x4096 and 8192x2048 1.19-1.27x faster
-    # without (2 threads, A/B in one process; onnxruntime 0.87-0.92x -> 1.08-1.10x). At 2
-    # rows prefetching still pays (1.19-1.32x).
-    streams = (prefetch and nrb == 1 and rows > 1
-               and npanel * k * nb * 4 >= PREFETCH_MIN_BYTES)
-    pf = int(knobs.get("prefetch", PREFETCH if streams else 0))  # k steps ahead; 0: none
 
     def sum_terms(p, rb, m, k0, length):
         """acc[0] = rows [rb*mr, rb*mr+m) x panel p summed over k0 .. k0+length-1, from zero
