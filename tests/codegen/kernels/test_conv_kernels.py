@@ -319,3 +319,26 @@ def test_through_relax_call_tir():
                             padding=1))
     ref = torch.relu(conv2d(ref, torch.from_numpy(w2.reshape(8, 8, 1, 1)))).numpy()
     np.testing.assert_allclose(got, ref, **TOL)
+
+
+def test_dense_stride2_conv_runs_on_aligned_rows():
+    """A dense 3x3 stride-2 conv (a stem) takes the aligned Z: its rows are as wide as the
+    output (32 for 32), where plain rows carry a junk column (33). A stride-1 conv whose
+    aligned rows would be wider (32 for 28, plain 30) keeps plain rows. Both agree with
+    torch."""
+    from sparsec.codegen.tvm.kernels.conv import _geometry
+    from sparsec.codegen.tvm.kernels.conv_inner import dense_inner
+
+    vl = simd_lanes(HOST)
+    rng = np.random.default_rng(0)
+    for shape, strides, want in [((1, 3, 64, 64), (2, 2), True), ((1, 3, 28, 28), (1, 1), False)]:
+        c, h = shape[1], shape[2]
+        spec = SparseOpSpec("SparseConv", "dense", 8, c * 9, "stem", [], ["w"],
+                            ConvAttrs((3, 3), strides, (1, 1, 1, 1), (1, 1)))
+        arrays = kernel_for(spec).prepare(
+            spec, {"w": rng.standard_normal((8, c * 9)).astype(np.float32)}, HOST)
+        g = _geometry(spec, shape, dense_inner(arrays, 8, vl, {}), vl, None)
+        assert g.aligned == want and (g.wq == g.ow if want else g.wq == h + 2)
+        out, ref, _ = _run("dense", shape, 8, (3, 3), strides, (1, 1, 1, 1), density=1.0,
+                           epilogue=("bias", "clip"))
+        np.testing.assert_allclose(out, ref, **TOL)
