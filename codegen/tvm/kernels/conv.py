@@ -169,9 +169,11 @@ def _geometry(spec: SparseOpSpec, in_shape, inner: Inner, vl: int, align) -> Con
     pay where every FMA needs its own load (csr, ELL: when cheap, ``conv_geometry``); where
     rows share each load (dense, bsr) only when the aligned Z rows are no wider than the
     plain ones: a 3x3 stride-2 conv's plain rows carry a junk column (113 for 112 outputs)
-    that cuts every row into segment tiles, its aligned rows are 112 wide. AVX-512, A/B in
-    one process: MobileNetV2's stem at 224 and 96 1.17-1.22x faster (224 -> 191 us); 3x3
-    stride-1 convs, whose aligned rows are wider (64 for 56), 0.84-0.97x, so not there."""
+    that cuts every row into segment tiles, its aligned rows are 112 wide. AVX-512 (Zen 4),
+    kernels A/B in one process, compiled as the model's are (``tir_pipeline="sparsec"``):
+    MobileNetV2's stem at 224 1.01-1.12x faster in three runs (164 -> 163, 213 -> 191, 165
+    -> 157 us), at 96 1.09x; in the whole model at 224, 1.01x. 3x3 stride-1 convs, whose
+    aligned rows are wider (64 for 56), measured 0.89-0.93x aligned, so not there."""
     def geometry(a):
         return conv_geometry(spec.conv, in_shape, spec.out_features, spec.in_features,
                              spec.entry, vl, a)
