@@ -34,6 +34,7 @@ not) and ``<out>/models.png`` (speed-up over onnxruntime vs sparsity, one line p
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import resource
@@ -70,6 +71,7 @@ class Row:
     artifact_mb: float = 0.0
     compile_s: float = 0.0
     max_abs_err: float = 0.0
+    measured: str = ""  # when (rows of several runs meet in one table with --update)
     # Per peer timed in the same rounds as sparsec: [median, lowest, highest] of the
     # per-round ratios peer ms / sparsec ms. Rounds are seconds apart, so a ratio within a
     # round cancels the host's drift; the spread says how far one run can be trusted.
@@ -223,7 +225,6 @@ def child(engine: str, args: list[str]) -> dict:
     return result
 
 
-ALONE_CALLS = 30
 # Processes the engines timed alone (sparsec alone, DeepSparse) each run in, the median
 # taken: one process's memory-bound model moves with where its pages land. The same GPT-2
 # decode artifact (0%, 340 MB of dense weights) took 17.7, 8.4 and 11.3 ms in three fresh
@@ -231,14 +232,36 @@ ALONE_CALLS = 30
 PROCESSES = 3
 
 
-def alone_ms(fn) -> float:
-    """Median ms of ``ALONE_CALLS`` back-to-back calls after one, in a process of its own:
-    how DeepSparse is timed (``DEEPSPARSE_SCRIPT``), so the two compare like for like. The
-    interleaved blocks against onnxruntime are 3 calls for a 100 ms model, the first after
-    the other engine has thrashed the caches: BERT-base at 50% ran 74-80 ms back to back
-    and 89-92 ms in those blocks (2026-12-01)."""
+def alone_loop(fn, warm_s: float = 0.2, measure_s: float = 0.5, calls: int = 30) -> float:
+    """Median ms of back-to-back calls of ``fn`` after ``warm_s`` of them: at least ``calls``
+    and as many as take ``measure_s``. Both engines timed alone use it (its source is part of
+    ``DEEPSPARSE_SCRIPT``). 30 calls after one, as before, were 4.5 ms of a 0.15 ms MLP,
+    measured before the fresh process was warm: the same artifact took 0.15, 0.29 and 0.17
+    ms in three children (2026-12-01, 14:25)."""
+    import time
+
+    import numpy as np
+
+    t0 = time.perf_counter()
     fn()
-    return median_ms(fn, ALONE_CALLS)
+    one = time.perf_counter() - t0
+    while time.perf_counter() - t0 < warm_s:
+        fn()
+    times = []
+    for _ in range(max(calls, int(measure_s / max(one, 1e-6)))):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1e3 * float(np.median(times))
+
+
+def alone_ms(fn) -> float:
+    """``alone_loop`` in a process of its own: how DeepSparse is timed
+    (``DEEPSPARSE_SCRIPT``), so the two compare like for like. The interleaved blocks
+    against onnxruntime are 3 calls for a 100 ms model, the first after the other engine has
+    thrashed the caches: BERT-base at 50% ran 74-80 ms back to back and 89-92 ms in those
+    blocks (2026-12-01)."""
+    return alone_loop(fn)
 
 
 def run_child(engine: str, *args: str, timeout: int = 900) -> dict | None:
@@ -252,19 +275,15 @@ def run_child(engine: str, *args: str, timeout: int = 900) -> dict | None:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-DEEPSPARSE_SCRIPT = r"""
-import json, sys, time, numpy as np
+DEEPSPARSE_SCRIPT = inspect.getsource(alone_loop) + r"""
+import json, sys, numpy as np
 from deepsparse import Engine
 model, inputs = sys.argv[1], sys.argv[2]
 with np.load(inputs, allow_pickle=False) as z:
     xs = [z[k] for k in z.files]
 eng = Engine(model=model, batch_size=None)  # the shapes are the exported ones (a KV cache
 # is not batch-first: overriding its first dimension breaks the graph)
-eng(xs)
-ts = []
-for _ in range(30):
-    t = time.perf_counter(); eng(xs); ts.append(time.perf_counter() - t)
-print(json.dumps({"ms": 1e3 * float(np.median(ts))}))
+print(json.dumps({"ms": alone_loop(lambda: eng(xs))}))
 """
 
 
@@ -331,7 +350,7 @@ def run_row(model: str, level: str, work: Path, deepsparse: str | None,
     from sparsec.layouts import parse_layout
     from sparsec.models.zoo.export import to_onnx
 
-    row = Row(model, level)
+    row = Row(model, level, measured=time.strftime("%Y-%m-%d %H:%M"))
     module, xs = build(model, level)
     onnx_path = work / f"{model}-{level}.onnx"
     with torch.no_grad():
@@ -402,6 +421,18 @@ def table(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
+def merge_rows(path: Path, new: list[Row]) -> list[Row]:
+    """The rows of ``path`` (a models.json) with ``new`` in place of those of the same model
+    and level, in the zoo's order (models, then levels as ``LEVELS``)."""
+    old = [Row(**r) for r in json.loads(path.read_text())["rows"]] if path.exists() else []
+    fresh = {(r.model, r.level) for r in new}
+    rows = [r for r in old if (r.model, r.level) not in fresh] + new
+    models = MODELS + sorted({r.model for r in rows} - set(MODELS))
+    levels = LEVELS + ["0.7"]
+    return sorted(rows, key=lambda r: (models.index(r.model), levels.index(r.level)
+                                       if r.level in levels else len(levels)))
+
+
 def _goal(want: float) -> str:
     return f">= {want}x onnxruntime, faster than DeepSparse"
 
@@ -467,6 +498,9 @@ def main(argv=None) -> int:
     ap.add_argument("--processes", type=int, default=PROCESSES, metavar="N",
                     help="fresh processes each for sparsec alone and DeepSparse, in turn "
                     f"(default {PROCESSES}; on a shared host one process can be 2x off)")
+    ap.add_argument("--update", action="store_true",
+                    help="merge into <out>/models.json: this run's rows replace the ones of "
+                    "the same model and level, the others stay (each row keeps its time)")
     ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
     from sparsec.models.zoo import ZOO
@@ -498,11 +532,16 @@ def main(argv=None) -> int:
                                 args.processes))
     from sparsec.targets.cpu import model_name
 
+    if args.update:
+        rows = merge_rows(out / "models.json", rows)
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": model_name(), "cores": os.cpu_count(),
             "tvm_threads": os.environ.get("TVM_NUM_THREADS")}
     (out / "models.json").write_text(json.dumps(
         {"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1))
-    text = (f"{meta['date']}, {meta['machine']}, {meta['cores']} cores; batch 1; median ms\n\n"
+    times = sorted(r.measured for r in rows if r.measured)
+    span = f"; rows measured {times[0]} to {times[-1]}" if times else ""
+    text = (f"{meta['date']}, {meta['machine']}, {meta['cores']} cores; batch 1; median ms"
+            f"{span}\n\n"
             + table(rows) + "\n\nGoals (issue 5):\n\n" + goals(rows))
     (out / "models.md").write_text(text + "\n")
     print(text)

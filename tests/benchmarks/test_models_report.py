@@ -157,3 +157,24 @@ def test_stacked_kv_cache_reaches_deepsparse_unstacked(tmp_path):
     np.testing.assert_array_equal(stacked, want[1])
     assert [n for n in new_feeds if n != "x"] and all(
         new_feeds[n].shape == (1, 2, 4, 5) for n in new_feeds if n != "x")
+
+
+def test_update_merges_rows_by_model_and_level(tmp_path):
+    """--update: a partial run's rows replace the stored ones of the same model and level,
+    the others stay, in the zoo's order."""
+    import json
+    from dataclasses import asdict
+
+    from benchmarks.models import merge_rows
+
+    stored = [_row("mlp", "0", 1.0, 1.1), _row("mlp", "0.9", 1.0, 2.0),
+              _row("bert_base", "0.9", 10.0, 40.0)]
+    path = tmp_path / "models.json"
+    path.write_text(json.dumps({"meta": {}, "rows": [asdict(r) for r in stored]}))
+    fresh = _row("mlp", "0.9", 0.5, 2.0)
+    fresh.measured = "2026-12-01 14:30"
+    rows = merge_rows(path, [fresh, _row("mlp", "2:4", 1.0, 1.2)])
+    assert [(r.model, r.level) for r in rows] == [("mlp", "0"), ("mlp", "2:4"), ("mlp", "0.9"),
+                                                  ("bert_base", "0.9")]
+    assert rows[2].ms["sparsec"] == 0.5 and rows[2].measured == "2026-12-01 14:30"
+    assert merge_rows(tmp_path / "absent.json", [fresh]) == [fresh]
