@@ -22,13 +22,14 @@ GPT-2 decode goal) or the pattern 2:4, in the zoo's prunable layers by magnitude
 - peak memory: each engine loads the model and runs it in a fresh child process; the
   figure is its peak RSS while running over its RSS after the imports (``child``);
 - DeepSparse, with ``--deepsparse-python``, runs in that interpreter (it pins onnx<1.15),
-  timed as the median of 30 back-to-back calls in a process of its own; sparsec's artifact
-  is timed the same way (``sparsec alone``, ``alone_ms``). The two take turns, a fresh
+  timed back to back in a process of its own (``alone_loop``); sparsec's artifact is timed
+  the same way in a child process (``sparsec alone``). The two take turns, a fresh
   process each, ``--processes`` times (``against_deepsparse``); the ratio DeepSparse ms /
   sparsec ms is taken pair by pair, and the goals use its median ("1.10x (0.98-1.21)").
 
 Writes ``<out>/models.json``, ``<out>/models.md`` (the table and the issue's goals, met or
-not) and ``<out>/models.png`` (speed-up over onnxruntime vs sparsity, one line per model).
+not) and ``<out>/models.png`` (speed-up over onnxruntime vs sparsity, one line per model):
+``benchmarks.models_report``.
 """
 
 from __future__ import annotations
@@ -42,12 +43,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.deepsparse_onnx import to_deepsparse
+from benchmarks.models_report import Row, goals, merge_rows, plot, table
 from sparsec.timing import ort_session, settle
 
 MODELS = ["mlp", "mobilenetv2_224", "mobilenetv2_96", "bert_base", "gpt2_decode",
@@ -55,41 +57,6 @@ MODELS = ["mlp", "mobilenetv2_224", "mobilenetv2_96", "bert_base", "gpt2_decode"
 LEVELS = ["0", "0.5", "2:4", "0.8", "0.9", "0.95"]
 EXTRA_LEVELS = {"gpt2_decode": ["0.7"]}  # the level of its goal
 QUICK = dict(models=["mlp", "mobilenetv2_96", "bert_2layer"], levels=["0", "0.9"])
-# (model, level, speed-up over onnxruntime it should reach), from issue 5; "*": every model.
-GOALS = [("mobilenetv2_224", "0.9", 2.0), ("bert_base", "0.9", 3.0), ("gpt2_decode", "0.7", 2.0),
-         ("*", "0", 0.9)]
-
-
-@dataclass
-class Row:
-    model: str
-    level: str
-    layouts: dict[str, int] = field(default_factory=dict)
-    ms: dict[str, float] = field(default_factory=dict)
-    peak_mb: dict[str, float] = field(default_factory=dict)
-    onnx_mb: float = 0.0
-    artifact_mb: float = 0.0
-    compile_s: float = 0.0
-    max_abs_err: float = 0.0
-    measured: str = ""  # when (rows of several runs meet in one table with --update)
-    # Per peer timed in the same rounds as sparsec: [median, lowest, highest] of the
-    # per-round ratios peer ms / sparsec ms. Rounds are seconds apart, so a ratio within a
-    # round cancels the host's drift; the spread says how far one run can be trusted.
-    ratios: dict[str, list[float]] = field(default_factory=dict)
-
-    def speedup(self, peer: str = "onnxruntime") -> float | None:
-        if peer in self.ratios:
-            return self.ratios[peer][0]
-        if peer in self.ms and "sparsec" in self.ms:
-            return self.ms[peer] / self.ms["sparsec"]
-        return None
-
-    def spread(self, peer: str = "onnxruntime") -> str:
-        """" (lo-hi)" of the per-round ratios, or "" when there are none."""
-        if peer not in self.ratios:
-            return ""
-        _, lo, hi = self.ratios[peer]
-        return f" ({lo:.2f}-{hi:.2f})"
 
 
 # ---------------------------------------------------------------- models and inputs
@@ -221,7 +188,7 @@ def child(engine: str, args: list[str]) -> dict:
             fn()
     result["peak_mb"] = _status_mb("VmHWM") - base
     if engine == "sparsec" and args[2:] == ["alone"]:
-        result["ms"] = alone_ms(fn)
+        result["ms"] = alone_loop(fn)
     return result
 
 
@@ -237,7 +204,10 @@ def alone_loop(fn, warm_s: float = 0.2, measure_s: float = 0.5, calls: int = 30)
     and as many as take ``measure_s``. Both engines timed alone use it (its source is part of
     ``DEEPSPARSE_SCRIPT``). 30 calls after one, as before, were 4.5 ms of a 0.15 ms MLP,
     measured before the fresh process was warm: the same artifact took 0.15, 0.29 and 0.17
-    ms in three children (2026-12-01, 14:25)."""
+    ms in three children (2026-12-01, 14:25). Against onnxruntime the engines run in
+    interleaved blocks instead, 3 calls for a 100 ms model, the first after the other
+    engine has thrashed the caches: BERT-base at 50% ran 74-80 ms back to back and 89-92 ms
+    in those blocks (2026-12-01)."""
     import time
 
     import numpy as np
@@ -253,15 +223,6 @@ def alone_loop(fn, warm_s: float = 0.2, measure_s: float = 0.5, calls: int = 30)
         fn()
         times.append(time.perf_counter() - t)
     return 1e3 * float(np.median(times))
-
-
-def alone_ms(fn) -> float:
-    """``alone_loop`` in a process of its own: how DeepSparse is timed
-    (``DEEPSPARSE_SCRIPT``), so the two compare like for like. The interleaved blocks
-    against onnxruntime are 3 calls for a 100 ms model, the first after the other engine has
-    thrashed the caches: BERT-base at 50% ran 74-80 ms back to back and 89-92 ms in those
-    blocks (2026-12-01)."""
-    return alone_loop(fn)
 
 
 def run_child(engine: str, *args: str, timeout: int = 900) -> dict | None:
@@ -324,11 +285,14 @@ def against_deepsparse(row: Row, python: str, art: Path, onnx_path: Path, inputs
     ours, theirs = [], []
     for _ in range(processes):
         res = run_child("sparsec", str(art), str(inputs), "alone")
-        ds = deepsparse_once(python, files) if files else None
-        if res is None or (files and ds is None):
+        if res is None:
             return
         ours.append(res["ms"])
-        theirs += [ds] if ds is not None else []
+        if files:
+            ds = deepsparse_once(python, files)
+            if ds is None:
+                return
+            theirs.append(ds)
     row.ms["sparsec alone"] = float(np.median(ours))
     if theirs:
         row.ms["deepsparse"] = float(np.median(theirs))
@@ -388,99 +352,9 @@ def run_row(model: str, level: str, work: Path, deepsparse: str | None,
         res = run_child(engine, str(path), str(inputs))
         if res:
             row.peak_mb[engine] = res["peak_mb"]
-    if deepsparse:  # sparsec timed as DeepSparse is (``alone_ms``)
+    if deepsparse:  # sparsec timed as DeepSparse is (``alone_loop``)
         against_deepsparse(row, deepsparse, art, onnx_path, inputs, processes)
     return row
-
-
-# ---------------------------------------------------------------- report
-
-
-def table(rows: list[Row]) -> str:
-    engines = ["sparsec", "onnxruntime", "torch"] + [
-        e for e in ("sparsec alone", "deepsparse") if any(e in r.ms for r in rows)]
-    with_ds = any("deepsparse" in r.ratios for r in rows)  # (sparsec alone against it)
-    head = ["model", "sparsity", "layouts", *[f"{e} ms" for e in engines], "vs onnxruntime",
-            "vs torch", *(["vs deepsparse"] * with_ds), "peak MB sparsec / ort / torch",
-            "artifact MB / ONNX MB", "compile s"]
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        lay = ", ".join(f"{n} {k}" for k, n in sorted(r.layouts.items(), key=lambda kv: -kv[1]))
-        cells = [r.model, r.level, lay]
-        cells += [f"{r.ms[e]:.3f}" if e in r.ms else "-" for e in engines]
-        s_ort, s_torch = r.speedup(), r.speedup("torch")
-        cells += [f"{s_ort:.2f}x{r.spread()}" if s_ort else "-",
-                  f"{s_torch:.2f}x" if s_torch else "-"]
-        if with_ds:
-            s_ds = r.speedup("deepsparse") if "deepsparse" in r.ratios else None
-            cells.append(f"{s_ds:.2f}x{r.spread('deepsparse')}" if s_ds else "-")
-        cells.append(" / ".join(f"{r.peak_mb[e]:.0f}" if e in r.peak_mb else "-"
-                                for e in ("sparsec", "onnxruntime", "torch")))
-        cells += [f"{r.artifact_mb:.1f} / {r.onnx_mb:.1f}", f"{r.compile_s:.1f}"]
-        out.append("| " + " | ".join(cells) + " |")
-    return "\n".join(out)
-
-
-def merge_rows(path: Path, new: list[Row]) -> list[Row]:
-    """The rows of ``path`` (a models.json) with ``new`` in place of those of the same model
-    and level, in the zoo's order (models, then levels as ``LEVELS``)."""
-    old = [Row(**r) for r in json.loads(path.read_text())["rows"]] if path.exists() else []
-    fresh = {(r.model, r.level) for r in new}
-    rows = [r for r in old if (r.model, r.level) not in fresh] + new
-    models = MODELS + sorted({r.model for r in rows} - set(MODELS))
-    levels = LEVELS + ["0.7"]
-    return sorted(rows, key=lambda r: (models.index(r.model), levels.index(r.level)
-                                       if r.level in levels else len(levels)))
-
-
-def _goal(want: float) -> str:
-    return f">= {want}x onnxruntime, faster than DeepSparse"
-
-
-def goals(rows: list[Row]) -> str:
-    lines = ["| goal | measured | met |", "|---|---|---|"]
-    for model, level, want in GOALS:
-        hits = [r for r in rows if (model == "*" or r.model == model) and r.level == level]
-        who = "every model" if model == "*" else model
-        if not hits:
-            lines.append(f"| {who} at {level}: {_goal(want)} | not run | - |")
-            continue
-        for r in hits:
-            got = r.speedup()
-            ds, alone = r.ms.get("deepsparse"), r.ms.get("sparsec alone")
-            extra = f"; DeepSparse {ds:.3f} ms" if ds else ""
-            met = "yes" if got >= want else "no"
-            vs_ds = r.speedup("deepsparse")
-            if ds and alone and vs_ds:  # issue 5: "and faster than DeepSparse 1.8.0 on each"
-                extra += (f" against sparsec's {alone:.3f} timed alone "
-                          f"({vs_ds:.2f}x{r.spread('deepsparse')})")
-                if vs_ds <= 1.0:
-                    met = "no: DeepSparse faster" if got >= want else "no"
-            lines.append(f"| {r.model} at {level}: {_goal(want)} | {got:.2f}x{r.spread()}"
-                         f"{extra} | {met} |")
-    return "\n".join(lines)
-
-
-def plot(rows: list[Row], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    order = {lv: i for i, lv in enumerate(["0", "0.5", "2:4", "0.7", "0.8", "0.9", "0.95"])}
-    levels = sorted({r.level for r in rows}, key=lambda lv: order.get(lv, 99))
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for model in dict.fromkeys(r.model for r in rows):
-        pts = sorted((r for r in rows if r.model == model), key=lambda r: levels.index(r.level))
-        ax.plot([levels.index(r.level) for r in pts], [r.speedup() for r in pts], "o-",
-                label=model)
-    ax.axhline(1.0, color="grey", lw=0.8)
-    ax.set_xticks(range(len(levels)), levels)
-    ax.set_xlabel("sparsity of the prunable layers")
-    ax.set_ylabel("speed-up vs onnxruntime (same model, dense)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
 
 
 def main(argv=None) -> int:
@@ -533,7 +407,7 @@ def main(argv=None) -> int:
     from sparsec.targets.cpu import model_name
 
     if args.update:
-        rows = merge_rows(out / "models.json", rows)
+        rows = merge_rows(out / "models.json", rows, MODELS)
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": model_name(), "cores": os.cpu_count(),
             "tvm_threads": os.environ.get("TVM_NUM_THREADS")}
     (out / "models.json").write_text(json.dumps(

@@ -1,4 +1,5 @@
-"""The end-to-end benchmark's report: goals are judged on the measured speed-up."""
+"""The end-to-end benchmark's report (``benchmarks.models_report``): goals are judged on the
+measured speed-up."""
 
 import numpy as np
 import onnx
@@ -6,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from benchmarks.deepsparse_onnx import for_deepsparse
-from benchmarks.models import Row, goals, table
+from benchmarks.models_report import Row, goals, table
 
 
 def _row(model, level, sparsec_ms, ort_ms):
@@ -165,7 +166,7 @@ def test_update_merges_rows_by_model_and_level(tmp_path):
     import json
     from dataclasses import asdict
 
-    from benchmarks.models import merge_rows
+    from benchmarks.models_report import merge_rows
 
     stored = [_row("mlp", "0", 1.0, 1.1), _row("mlp", "0.9", 1.0, 2.0),
               _row("bert_base", "0.9", 10.0, 40.0)]
@@ -173,8 +174,8 @@ def test_update_merges_rows_by_model_and_level(tmp_path):
     path.write_text(json.dumps({"meta": {}, "rows": [asdict(r) for r in stored]}))
     fresh = _row("mlp", "0.9", 0.5, 2.0)
     fresh.measured = "2026-12-01 14:30"
-    rows = merge_rows(path, [fresh, _row("mlp", "2:4", 1.0, 1.2)])
+    rows = merge_rows(path, [fresh, _row("mlp", "2:4", 1.0, 1.2)], ["mlp", "bert_base"])
     assert [(r.model, r.level) for r in rows] == [("mlp", "0"), ("mlp", "2:4"), ("mlp", "0.9"),
                                                   ("bert_base", "0.9")]
     assert rows[2].ms["sparsec"] == 0.5 and rows[2].measured == "2026-12-01 14:30"
-    assert merge_rows(tmp_path / "absent.json", [fresh]) == [fresh]
+    assert merge_rows(tmp_path / "absent.json", [fresh], ["mlp"]) == [fresh]
