@@ -30,3 +30,32 @@ def test_conv_point_measures_sparsec_and_its_peers():
     text = conv_table([p])
     assert f"| 16->24 | 8x8 | 0.2 | {p.layout} |" in text
     assert "of 1 points" in text
+
+
+def test_second_look_keeps_each_engines_faster_median():
+    """A point behind or within SECOND_LOOK of its best peer is timed again; every engine
+    keeps its faster median, the first look stays in first_ms, and the table marks the
+    point and counts the wins of both looks."""
+    from benchmarks.kernels import SECOND_LOOK, needs_second_look, second_look
+
+    clear = Point((64, 64), "unstructured", 0.1, 1, "csr", {"sparsec": 1.0, "torch": 2.0},
+                  bound_ms=0.5)
+    p = Point((64, 64), "unstructured", 0.1, 8, "csr", {"sparsec": 2.0, "onnxruntime": 1.5},
+              bound_ms=0.5, candidates_ms={"csr": 2.0, "dense": 1.8})
+    assert not needs_second_look(clear) and needs_second_look(p)
+    assert needs_second_look(Point((8, 8), "unstructured", 0.1, 1, "csr", {
+        "sparsec": 1.0, "torch": SECOND_LOOK * 0.99}))
+
+    def rerun(q, w):
+        assert w.shape == (64, 64)
+        q.ms = {"sparsec": 1.0, "onnxruntime": 1.6}
+        q.candidates_ms = {"csr": 1.0, "dense": 1.9}
+
+    second_look(p, np.zeros((64, 64), np.float32), rerun)
+    assert p.ms == {"sparsec": 1.0, "onnxruntime": 1.5}
+    assert p.first_ms == {"sparsec": 2.0, "onnxruntime": 1.5}
+    assert p.candidates_ms == {"csr": 1.0, "dense": 1.8}
+    text = table([clear, p])
+    assert "| onnxruntime | 1.50x \\* |" in text and "| torch | 2.00x |" in text
+    assert "faster than every peer at 2 of 2 points" in text
+    assert "(1 points within 1.10x" in text and "sparsec was faster at 1 of 2" in text

@@ -20,7 +20,12 @@ blocks. Grouped, on MobileNetV2-224 at 90% (AVX2, Zen 3, kernels A/B in one proc
 28x28 and larger within noise, where groups of 32 beat 64 by up to 1.2x (24->144->32 at
 56x56 with stride 2). The same walk over a dense projection was 0.71-0.87x of the
 separate dense kernel (one FMA per load against its six), so ``fuse_depthwise`` keeps a
-dense projection out.
+dense projection out. Register-blocked like that kernel (6 output rows per load of a
+channel's output, 2026-12-01, Zen 4, MobileNetV2-224 at 0%, per kernel in the model, A/B
+in one process) it still did not pay: block 1 (96 -> 24 at 56x56, bands) 339 -> 324 us,
+blocks 2-3, 5, 7-10 and 14-16 within 3%, block 0 153 -> 166 us and blocks 4, 6 and 11-13
+10-25% slower (its groups split unevenly over the two cores: 9 groups as 5 + 4); the model
+3.90 -> 3.93 ms. The depthwise output of a 14x14 block stays in L2 either way.
 """
 
 from __future__ import annotations

@@ -66,6 +66,15 @@ PREFETCH_MIN_BYTES = 32 << 20  # ... from memory, being this big
 # build at 4 and 6 rows 1.08-1.09x; but 4096x4096 at 8 rows, which streams, 0.92x.
 PACK_MIN_K = 2048
 PACK_MIN_PANELS = 8
+# Unpacked, the tile's rows of X are k floats apart; a multiple of 4 KiB apart they all fall
+# in the same L1 sets, and more of them than the L1 has ways evict each other at every k
+# step. There a tile takes at most L1_WAYS rows. Measured on AVX-512 (Zen 4, 14-row tiles
+# by default), 2 threads, kernels A/B in one process, 8 rows against 14: 1024x1024 at 32
+# rows 1.45x (0.444 -> 0.307 ms, onnxruntime 0.374), at 128 rows 1.31x (1.53 -> 1.17 ms,
+# onnxruntime 1.35); 768x3072 at 14 rows, 7 against 14, 1.55x (0.481 -> 0.310 ms,
+# onnxruntime 0.334), packing X 1.50x. 1024x512 (2 KiB apart: 7 rows a set) 1.02x.
+ALIAS_BYTES = 4096
+L1_WAYS = 8
 # At one row (GEMV) a panel of 2 vectors broadcasts x[k] for every 2 vector loads of W; 4
 # vectors (two accumulator sets: 8 chains) halve that. Measured on AVX2 (Zen 3), 2 threads,
 # kernels A/B in one process against 2 vectors: 3072x768 1.27x (0.159 -> 0.115 ms, where
@@ -121,6 +130,14 @@ def _body(f: LinearFunc, panel_shape, lanes, registers, threads, knobs, prefetch
     mr = int(knobs.get("mr") or even_tiles(rows, max(1, (registers - nvec - 1) // nvec)))
     mr = min(mr, rows)
     nrb = -(-rows // mr)  # row blocks; the last has rows - (nrb-1)*mr rows
+    big = npanel * k * nb * 4 >= PREFETCH_MIN_BYTES  # (from memory, not from cache)
+    pack = knobs.get("pack")
+    if pack is None:  # (one row block of a cache-resident W: see ``PACK_MIN_K``)
+        pack = k >= PACK_MIN_K and npanel >= PACK_MIN_PANELS and (nrb > 1 or big)
+    pack = pack and rows > 2
+    if not pack and not knobs.get("mr") and (k * 4) % ALIAS_BYTES == 0 and mr > L1_WAYS:
+        mr = even_tiles(rows, L1_WAYS)  # (see ``L1_WAYS``)
+        nrb = -(-rows // mr)
     tail_rows = rows - (nrb - 1) * mr
     tail_cols = out - (npanel - 1) * nb  # valid columns of the last panel
     W = f.arrays["w_panels"]
@@ -132,15 +149,11 @@ def _body(f: LinearFunc, panel_shape, lanes, registers, threads, knobs, prefetch
     # prefetches (one per 2 loads) slowed it: 4096x4096 and 8192x2048 1.19-1.27x faster
     # without (2 threads, A/B in one process; onnxruntime 0.87-0.92x -> 1.08-1.10x). At 2
     # rows prefetching still pays (1.19-1.32x).
-    big = npanel * k * nb * 4 >= PREFETCH_MIN_BYTES  # (from memory, not from cache)
     streams = prefetch and nrb == 1 and rows > 1 and big
     pf = int(knobs.get("prefetch", PREFETCH if streams else 0))  # k steps ahead; 0: none
 
     xp = None
-    pack = knobs.get("pack")
-    if pack is None:  # (one row block of a cache-resident W: see ``PACK_MIN_K``)
-        pack = k >= PACK_MIN_K and npanel >= PACK_MIN_PANELS and (nrb > 1 or big)
-    if rows > 2 and pack:
+    if pack:
         xp = T.decl_buffer((nrb, k, mr), F32, scope="global")
         with loop(nrb, "parallel") as rb:
             with loop(T.min(mr, rows - rb * mr)) as i:

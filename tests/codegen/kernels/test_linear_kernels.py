@@ -29,8 +29,10 @@ from sparsec.ops import SparseOpSpec, apply_epilogue  # noqa: E402
 from sparsec.plan import EpilogueStep  # noqa: E402
 from sparsec.testing import guarded_tensor  # noqa: E402
 from sparsec.codegen.tvm.kernels.linear_dense import (  # noqa: E402
+    ALIAS_BYTES,
     CHUNK_ABOVE,
     GEMV_PANEL_VECTORS,
+    L1_WAYS,
     even_tiles,
 )
 from sparsec.codegen.tvm.kernels.linear_csr import panel_major, rows_lanes  # noqa: E402
@@ -462,6 +464,15 @@ def test_dense_even_row_tiles(rows):
     each tile writes."""
     assert even_tiles(rows, 6) == rows // 2
     _check("dense", 70, 300, rows, 1.0, steps=EPILOGUES[-1], seed=rows)
+
+
+@pytest.mark.parametrize("rows", [14, 20])
+def test_dense_aliased_rows(rows):
+    """X's rows 4 KiB apart (k = 1024), unpacked: tiles of at most L1_WAYS rows (14 as
+    7 + 7, 20 as 8 + 8 + 4 where AVX-512 would take 14 + 6), with a residual to check the
+    rows each tile writes."""
+    assert (1024 * 4) % ALIAS_BYTES == 0 and even_tiles(rows, L1_WAYS) <= L1_WAYS
+    _check("dense", 70, 1024, rows, 1.0, steps=EPILOGUES[-1], seed=rows)
 
 
 def test_even_tiles():
