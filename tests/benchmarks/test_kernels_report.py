@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from benchmarks.kernels import ConvPoint, Point, conv_table, make_weight, run_conv_point, table
+from benchmarks.kernels import ConvPoint, Point, make_weight, run_conv_point
+from benchmarks.kernels_report import conv_table, table
 
 
 def test_summary_counts_wins_against_the_best_peer():
@@ -36,7 +37,8 @@ def test_second_look_keeps_each_engines_faster_median():
     """A point behind or within SECOND_LOOK of its best peer is timed again; every engine
     keeps its faster median, the first look stays in first_ms, and the table marks the
     point and counts the wins of both looks."""
-    from benchmarks.kernels import SECOND_LOOK, needs_second_look, second_look
+    from benchmarks.kernels import needs_second_look, second_look
+    from benchmarks.kernels_report import SECOND_LOOK
 
     clear = Point((64, 64), "unstructured", 0.1, 1, "csr", {"sparsec": 1.0, "torch": 2.0},
                   bound_ms=0.5)

@@ -42,7 +42,9 @@ loops), ``expand_lanes`` (pixels per expand tile only; overrides ``tile_lanes`` 
 ``pad_rows`` (copy each image's X with its rows padded to whole vectors; default:
 ``pad_rows_default``),
 ``tasks_per_core`` (channel blocks are split into this many tasks per core), ``band_rows``
-(0: channel tasks), ``deinterleave`` (stride 2: copy X's rows deinterleaved). On
+(0: channel tasks), ``deinterleave`` (stride 2: copy X's rows deinterleaved),
+``expand_rows`` (channels of a dense block accumulated per pass: all, or half where
+``conv_dw_rows.half_block_lanes`` finds tiles of whole vectors). On
 MobileNetV2-224 at 90%, tile_lanes 32/64/128 and tasks_per_core 2/4/8 measured within noise.
 At 0% (dense expand, AVX2, Zen 3, kernels A/B in one process, before rows were padded) the
 expand tile mattered and no single width won: ``expand_lanes`` 8 against the default 16
@@ -73,6 +75,7 @@ from sparsec.codegen.tvm.kernels.conv_dw_rows import (
     DEINTERLEAVE_MIN_PIXELS,
     copy_rows,
     deinterleave_into,
+    half_block_lanes,
     pad_rows_default,
     row_tiles,
     tiles,
@@ -150,11 +153,21 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
     # the expand tile's rows x lanes accumulators stay within the register file
     e_budget = budget if not dense else int(knobs.get(
         "tile_lanes", max(1, _pow2_floor(acc_vectors(vl) // rows)) * vl))
+    sub = rows  # channels one expand pass accumulates (``half_block_lanes``)
+    if "expand_rows" in knobs:
+        sub = int(knobs["expand_rows"])
+        if sub < 1 or rows % sub:
+            raise CompileError(f"codegen/tvm: expand_rows {sub} does not divide the weight's "
+                               f"blocks of {rows} channels")
+    elif dense and not any(k in knobs for k in ("tile_lanes", "expand_lanes", "pad_rows")):
+        if lanes := half_block_lanes(g, rows, vl):
+            sub, e_budget = rows // 2, lanes
+            knobs["pad_rows"] = False
     e_budget = int(knobs.get("expand_lanes", e_budget))
     if g.s == 2:
         budget -= budget % 2
         e_budget -= e_budget % 2
-    pad = bool(knobs.get("pad_rows", pad_rows_default(g, rows, e_budget, vl, before)))
+    pad = bool(knobs.get("pad_rows", pad_rows_default(g, sub, e_budget, vl, before)))
     pad = pad and g.w % vl != 0
     wp = _round_up(g.w, vl) if pad else g.w
     deinterleave = g.s == 2 and bool(knobs.get(
@@ -200,7 +213,7 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
                                                       pj_res)
             k = _Fused(g, vl, budget, e_budget, rows, bufs, xf if xp is None else xp, yf,
                        bias, dbias, [] if before else spec.epilogue, spec.dw_epilogue, proj,
-                       before, wp, deinterleave, band or g.oh)
+                       before, wp, deinterleave, band or g.oh, sub)
             with T.serial(g.n) as n:
                 if xp is not None:
                     copy_rows(xf, xp, g, n, wp, vl, deinterleave)
@@ -230,6 +243,7 @@ class _Fused:
     wp: int  # row length of ``xf``: W, or W padded to whole vectors (``copy_rows``)
     deinterleaved: bool  # ``xf`` holds each row's even columns first, then its odd ones
     band: int  # output rows that Z holds: OH, or a band's (``band_rows``)
+    sub: int = 0  # channels per expand pass (0: all ``rows``; a dense block in halves)
 
     @property
     def copied(self) -> bool:
@@ -308,32 +322,43 @@ class _Fused:
             vloop(width, lambda l: T.buffer_store(stage, xf[src + l], [l]))
             scatter(0)
             return
-        acc = T.decl_buffer((nr * width,), F32, scope="local")
-        vloop(nr * width, lambda l: T.buffer_store(acc, tirx.const(0.0, F32), [l]))
-        if "w" in self.bufs:  # dense [blocks, C, rows]: each X run feeds every row
+        na = (self.sub or nr) if "w" in self.bufs else nr  # accumulator rows of one pass
+        acc = T.decl_buffer((na * width,), F32, scope="local")
+        vloop(na * width, lambda l: T.buffer_store(acc, tirx.const(0.0, F32), [l]))
+        def finish(r0: int, count: int) -> None:  # epilogue, then into Z: channels r0..
+            for rr in range(r0, r0 + count):
+                ch = T.Bind(blk * nr + rr)
+                if self.bias is None:
+                    b = None
+                else:  # padding rows of the last block: unused
+                    b = self.bias[T.min(ch, g.e - 1) if g.e % nr else ch]
+                a0 = (rr - r0) * width
+                vloop(width, lambda l: T.buffer_store(
+                    stage, epi.emit(acc[a0 + l], self.steps, bias=b), [l]))
+                scatter(rr)
+
+        if "w" in self.bufs:  # dense [blocks, C, rows]: each X run feeds ``sub`` rows
             wp = self.bufs["w"]
-            with T.serial(g.c) as kk:
-                off = T.Bind(base + kk * p)
-                for rr in range(nr):
-                    wv = T.Bind(wp[blk, kk, rr])
-                    a0 = rr * width
-                    vloop(width, lambda l: T.buffer_store(
-                        acc, acc[a0 + l] + wv * xf[off + l], [a0 + l]))
-        else:
-            vals, idx, ptr = self.bufs["values"], self.bufs["indices"], self.bufs["indptr"]
-            with span(ptr[blk], ptr[blk + 1]) as nz:
-                off = T.Bind(base + _i32(idx[nz]) * p)
-                wv = T.Bind(vals[nz])
-                vloop(width, lambda l: T.buffer_store(acc, acc[l] + wv * xf[off + l], [l]))
-        for rr in range(nr):
-            ch = T.Bind(blk * nr + rr)
-            if self.bias is None:
-                b = None
-            else:
-                b = self.bias[T.min(ch, g.e - 1) if g.e % nr else ch]  # padding rows: unused
-            vloop(width, lambda l: T.buffer_store(
-                stage, epi.emit(acc[rr * width + l], self.steps, bias=b), [l]))
-            scatter(rr)
+            sub = self.sub or nr
+            for r0 in range(0, nr, sub):
+                if r0:
+                    vloop(sub * width, lambda l: T.buffer_store(acc, tirx.const(0.0, F32),
+                                                                [l]))
+                with T.serial(g.c) as kk:
+                    off = T.Bind(base + kk * p)
+                    for rr in range(sub):
+                        wv = T.Bind(wp[blk, kk, r0 + rr])
+                        a0 = rr * width
+                        vloop(width, lambda l: T.buffer_store(
+                            acc, acc[a0 + l] + wv * xf[off + l], [a0 + l]))
+                finish(r0, sub)
+            return
+        vals, idx, ptr = self.bufs["values"], self.bufs["indices"], self.bufs["indptr"]
+        with span(ptr[blk], ptr[blk + 1]) as nz:
+            off = T.Bind(base + _i32(idx[nz]) * p)
+            wv = T.Bind(vals[nz])
+            vloop(width, lambda l: T.buffer_store(acc, acc[l] + wv * xf[off + l], [l]))
+        finish(0, nr)
 
     def _scatter(self, z, row, stage, s0: int, v0: int, cols: int) -> None:
         """Z[plane row of ``row``] <- stage[s0 : s0 + cols], E's columns v0.. of one row of

@@ -81,6 +81,35 @@ def pad_rows_default(g: DwGeometry, rows: int, e_budget: int, vl: int, before: b
     return spills or ragged
 
 
+HALF_BLOCK_MIN_LANES = 16  # AVX-512: measured there; AVX2 keeps whole blocks (unmeasured)
+
+
+def half_block_lanes(g: DwGeometry, rows: int, vl: int) -> int:
+    """Lanes of a dense expand tile computed half a block of channels at a time, or 0 to
+    keep whole blocks: on images whose rows are not whole vectors, the most whole rows
+    that make whole vectors and, over ``rows // 2`` channels, fit the accumulators.
+
+    A block of 6 channels takes at most 4 vectors of pixels, and a row of 14, 28 or 56 is
+    not whole vectors of 16: 14 is padded to 16 (``copy_rows``), 28x28 and 56x56 tiles
+    end in half vectors; either way 1/8 of the expand's FMAs are wasted. 3 channels take 8
+    vectors: 8 rows of 14, 4 of 28 or 2 of 56 are 7 whole vectors, read from X as it is.
+    Measured on AVX-512 (Zen 4), 2 threads, the fused block kernels of MobileNetV2-224 at
+    0% A/B in one process on a noisy host (each block against its default): 24->144 at
+    56x56 1.06-1.59x, 32->192 at 28x28 1.13-1.47x, 64->384 at 14x14 1.07-1.10x, 96->576
+    1.02-1.13x, stride 2 at 28x28 and 14x14 1.11-1.7x, at 56x56 0.98x; 16->96 at
+    112x112 (rows of 7 vectors already) 0.86x and 160->960 at 7x7 (no run of rows is
+    whole vectors) 0.94x, which keep whole blocks, as does stride 2 on images whose rows
+    are deinterleaved (``DEINTERLEAVE_MIN_PIXELS``; 24->144 at 56x56: 0.97-0.98x in the
+    model)."""
+    if vl < HALF_BLOCK_MIN_LANES or rows % 2 or g.w % vl == 0:
+        return 0
+    if g.s == 2 and g.h * g.w >= DEINTERLEAVE_MIN_PIXELS:
+        return 0
+    most = acc_vectors(vl) // (rows // 2) * vl
+    fits = [r * g.w for r in range(1, g.h + 1) if (r * g.w) % vl == 0 and r * g.w <= most]
+    return max(fits, default=0)
+
+
 def copy_rows(xf, xp, g: DwGeometry, n, wp: int, vl: int, deinterleave: bool) -> None:
     """xp[c, u, :] = X[n, c, u, :] followed by zeros up to ``wp`` (parallel over channels);
     ``deinterleave``: the row's even columns first, then its odd ones

@@ -167,6 +167,34 @@ def test_dense_expand_blocks(case):
     np.testing.assert_allclose(out, ref, **TOL)
 
 
+def test_half_block_lanes():
+    """A dense expand block runs in two passes of 3 channels over whole vectors of whole
+    rows where its rows are not whole vectors (AVX-512 only; not over rows deinterleaved
+    for stride 2)."""
+    def lanes(hw, stride=1, vl=16, rows=6):
+        g = conv_dw.dw_geometry(ConvAttrs((3, 3), (stride, stride), (1, 1, 1, 1), (1, 1), 8),
+                                (1, 8, hw, hw), 8, "e")
+        return conv_dw_rows.half_block_lanes(g, rows, vl)
+
+    assert [lanes(hw) for hw in (14, 28, 56, 24, 12)] == [112, 112, 112, 96, 96]
+    assert lanes(28, stride=2) == 112 and lanes(56, stride=2) == 0  # deinterleaved rows
+    assert lanes(112) == lanes(48) == lanes(7) == 0  # whole vectors already, or never
+    assert lanes(14, vl=8) == 0 and lanes(14, rows=3) == 0
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_expand_rows_knob(stride):
+    """Half blocks (``expand_rows`` 3, the default here on AVX-512) and whole ones give the
+    same numbers; a count that does not divide the block is refused."""
+    outs = [_run((1, 8, 28, 28), 20, stride, layout="dense", density=1.0,
+                 knobs={"expand_rows": r}) for r in (6, 3)]
+    for out, ref in outs:
+        np.testing.assert_allclose(out, ref, **TOL)
+    with pytest.raises(CompileError, match="expand_rows 4 does not divide"):
+        _run((1, 8, 28, 28), 20, stride, layout="dense", density=1.0,
+             knobs={"expand_rows": 4})
+
+
 @pytest.mark.parametrize("mcpu,flag", [("x86-64-v3", "avx2"), ("x86-64-v4", "avx512f")])
 def test_vector_widths(mcpu, flag):
     if flag not in cpu_flags():
