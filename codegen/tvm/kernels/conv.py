@@ -101,11 +101,30 @@ def _prepare_same(spec: SparseOpSpec, arrays: dict[str, np.ndarray], target):
     return {name: np.ascontiguousarray(a) for name, a in arrays.items()}
 
 
+EIGHT_ROWS_MAX_OUT = 32  # see ``block_rows``
+
+
+def block_rows(spec: SparseOpSpec, out: int, target) -> int:
+    """Output channels per block of a dense conv: ``dense_rows`` (6), or 8 for a plain 1x1
+    conv with at most ``EIGHT_ROWS_MAX_OUT`` outputs that 8 divides and 6 does not, on
+    AVX-512: 6-row blocks pad 32 channels to 36 (1/9 of the FMAs wasted). Measured on Zen 4,
+    kernels in MobileNetV2-224 at 0%, A/B in one process: its three 1x1 convs to 32
+    channels at 28x28 1.09-1.10x (39 -> 36, 54 -> 49, 52 -> 48 us), the 16-channel one at
+    112x112 1.015x; the 3x3 stride-2 stem to 32 channels 0.91x, so not for other kernels."""
+    c = spec.conv
+    plain = (spec.depthwise is None and c is not None and tuple(c.kernel_shape) == (1, 1)
+             and tuple(c.strides) == (1, 1))
+    if (plain and out <= EIGHT_ROWS_MAX_OUT and out % 8 == 0 and out % 6
+            and simd_lanes(target, {}) >= 16):
+        return 8
+    return dense_rows(out)
+
+
 def _prepare_dense(spec: SparseOpSpec, arrays: dict[str, np.ndarray], target):
-    """w [O, K] -> [ceil(O/rows), K, rows] (zero rows pad the last block)."""
+    """w [O, K] -> [ceil(O/rows), K, rows] (zero rows pad the last block; ``block_rows``)."""
     w = np.asarray(arrays["w"], np.float32)
     o, k = w.shape
-    rows = dense_rows(o)
+    rows = block_rows(spec, o, target)
     blocks = -(-o // rows)
     padded = np.zeros((blocks * rows, k), np.float32)
     padded[:o] = w

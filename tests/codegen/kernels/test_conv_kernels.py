@@ -342,3 +342,22 @@ def test_dense_stride2_conv_runs_on_aligned_rows():
         out, ref, _ = _run("dense", shape, 8, (3, 3), strides, (1, 1, 1, 1), density=1.0,
                            epilogue=("bias", "clip"))
         np.testing.assert_allclose(out, ref, **TOL)
+
+
+def test_dense_block_rows():
+    """A plain 1x1 conv to at most 32 channels that 8 divides and 6 does not takes blocks of 8
+    on AVX-512 (6 pad 32 to 36); a 3x3 conv, a 24-channel one and AVX2 keep 6. The 8-row
+    blocks agree with torch (a partial tile of pixels too)."""
+    from sparsec.codegen.tvm.kernels.conv import block_rows
+
+    def spec(o, kernel=(1, 1)):
+        return SparseOpSpec("SparseConv", "dense", o, 16, "n", [], ["w"],
+                            ConvAttrs(kernel, (1, 1), (0, 0, 0, 0), (1, 1)))
+
+    v4 = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64-v4", "num-cores": 2})
+    v3 = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64-v3", "num-cores": 2})
+    assert [block_rows(spec(o), o, v4) for o in (16, 32, 24, 40, 64)] == [8, 8, 6, 6, 6]
+    assert block_rows(spec(32, (3, 3)), 32, v4) == 6 and block_rows(spec(32), 32, v3) == 6
+    for o in (16, 32):
+        out, ref, _ = _run("dense", (1, 24, 28, 28), o, density=1.0, epilogue=("bias", "clip"))
+        np.testing.assert_allclose(out, ref, **TOL)
