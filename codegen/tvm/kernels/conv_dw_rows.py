@@ -81,7 +81,10 @@ def pad_rows_default(g: DwGeometry, rows: int, e_budget: int, vl: int, before: b
     return spills or ragged
 
 
-HALF_BLOCK_MIN_LANES = 16  # AVX-512: measured there; AVX2 keeps whole blocks (unmeasured)
+# AVX-512 only. AVX2 code (x86-64-v3) run on the Zen 4, MobileNetV2-96's blocks at 0%, half
+# blocks over 24-lane tiles against whole blocks: 32->192 at 12x12 1.08x and 1.36x (stride
+# 2), but 64->384 and 96->576 at 6x6 0.64-0.81x (their last tile of 2 rows is 8 + 4 lanes).
+HALF_BLOCK_MIN_LANES = 16
 
 
 def half_block_lanes(g: DwGeometry, rows: int, vl: int) -> int:
