@@ -325,6 +325,7 @@ class _Fused:
         na = (self.sub or nr) if "w" in self.bufs else nr  # accumulator rows of one pass
         acc = T.decl_buffer((na * width,), F32, scope="local")
         vloop(na * width, lambda l: T.buffer_store(acc, tirx.const(0.0, F32), [l]))
+
         def finish(r0: int, count: int) -> None:  # epilogue, then into Z: channels r0..
             for rr in range(r0, r0 + count):
                 ch = T.Bind(blk * nr + rr)
