@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.kernels_report import SECOND_LOOK, conv_table, plot, table
+from benchmarks.kernels_report import SECOND_LOOK, best_peer, conv_table, plot, table
 from benchmarks.models import alone_loop
 from sparsec.timing import ort_session, settle
 
@@ -78,9 +78,7 @@ class Point:
 
     @property
     def best_peer(self) -> tuple[str, float]:
-        peers = {k: v for k, v in self.ms.items() if k != "sparsec"}
-        k = min(peers, key=peers.get)
-        return k, peers[k]
+        return best_peer(self.ms)
 
 
 def make_weight(shape, pattern, density, rng) -> np.ndarray:

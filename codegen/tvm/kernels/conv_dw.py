@@ -81,7 +81,7 @@ from sparsec.codegen.tvm.kernels.conv_dw_rows import (
     tiles,
 )
 from sparsec.codegen.tvm.kernels.conv_dw_schedule import band_rows, emit_bands, emit_channel_tasks
-from sparsec.codegen.tvm.kernels.conv_inner import _i32, _pow2_floor, acc_vectors, span
+from sparsec.codegen.tvm.kernels.conv_inner import _i32, _pow2_floor, _zero, acc_vectors, span
 from sparsec.errors import CompileError
 from sparsec.ops import SparseOpSpec
 from sparsec.plan import ConvAttrs
@@ -243,7 +243,7 @@ class _Fused:
     wp: int  # row length of ``xf``: W, or W padded to whole vectors (``copy_rows``)
     deinterleaved: bool  # ``xf`` holds each row's even columns first, then its odd ones
     band: int  # output rows that Z holds: OH, or a band's (``band_rows``)
-    sub: int = 0  # channels per expand pass (0: all ``rows``; a dense block in halves)
+    sub: int  # channels per expand pass: ``rows``, or half a dense block (``half_block_lanes``)
 
     @property
     def copied(self) -> bool:
@@ -322,9 +322,7 @@ class _Fused:
             vloop(width, lambda l: T.buffer_store(stage, xf[src + l], [l]))
             scatter(0)
             return
-        na = (self.sub or nr) if "w" in self.bufs else nr  # accumulator rows of one pass
-        acc = T.decl_buffer((na * width,), F32, scope="local")
-        vloop(na * width, lambda l: T.buffer_store(acc, tirx.const(0.0, F32), [l]))
+        acc = T.decl_buffer((self.sub * width,), F32, scope="local")  # one pass's rows
 
         def finish(r0: int, count: int) -> None:  # epilogue, then into Z: channels r0..
             for rr in range(r0, r0 + count):
@@ -340,11 +338,9 @@ class _Fused:
 
         if "w" in self.bufs:  # dense [blocks, C, rows]: each X run feeds ``sub`` rows
             wp = self.bufs["w"]
-            sub = self.sub or nr
+            sub = self.sub
             for r0 in range(0, nr, sub):
-                if r0:
-                    vloop(sub * width, lambda l: T.buffer_store(acc, tirx.const(0.0, F32),
-                                                                [l]))
+                _zero(acc, 0, sub * width)
                 with T.serial(g.c) as kk:
                     off = T.Bind(base + kk * p)
                     for rr in range(sub):
@@ -355,6 +351,7 @@ class _Fused:
                 finish(r0, sub)
             return
         vals, idx, ptr = self.bufs["values"], self.bufs["indices"], self.bufs["indptr"]
+        _zero(acc, 0, width)
         with span(ptr[blk], ptr[blk + 1]) as nz:
             off = T.Bind(base + _i32(idx[nz]) * p)
             wv = T.Bind(vals[nz])
