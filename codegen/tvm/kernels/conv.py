@@ -111,9 +111,7 @@ def block_rows(spec: SparseOpSpec, out: int, target) -> int:
     kernels in MobileNetV2-224 at 0%, A/B in one process: its three 1x1 convs to 32
     channels at 28x28 1.09-1.10x (39 -> 36, 54 -> 49, 52 -> 48 us), the 16-channel one at
     112x112 1.015x; the 3x3 stride-2 stem to 32 channels 0.91x, so not for other kernels."""
-    c = spec.conv
-    plain = (spec.depthwise is None and c is not None and tuple(c.kernel_shape) == (1, 1)
-             and tuple(c.strides) == (1, 1))
+    plain = spec.depthwise is None and spec.conv is not None and spec.conv.pointwise
     if (plain and out <= EIGHT_ROWS_MAX_OUT and out % 8 == 0 and out % 6
             and simd_lanes(target, {}) >= 16):
         return 8
