@@ -120,7 +120,8 @@ def verify_plan(graph: ir.Graph, plan: Plan) -> None:
         verify_stats(entry)
         if entry.fused_into is not None:
             host = lowered.get(entry.fused_into)
-            if host is None or host.attributes.get_string("pj_entry", None) != entry.node:
+            if host is None or entry.node not in (host.attributes.get_string("pj_entry", None),
+                                                  host.attributes.get_string("ln_entry", None)):
                 raise InvariantError(f"{where}: fused into {entry.fused_into}, but that node "
                                      f"does not compute it")
             if entry.node in nodes:
@@ -136,8 +137,9 @@ def verify_plan(graph: ir.Graph, plan: Plan) -> None:
                                      f"{want} {entry.layout}")
             if len(sparse.inputs) != _expected_inputs(entry, plan):
                 raise InvariantError(f"{where}: {sparse.op_type} has {len(sparse.inputs)} inputs")
-            fused = entry.fused_nodes + ([] if entry.depthwise is None else
-                                         [entry.depthwise.node, *entry.depthwise.fused_nodes])
+            fused = entry.fused_nodes + entry.pool_nodes + (
+                [] if entry.depthwise is None else
+                [entry.depthwise.node, *entry.depthwise.fused_nodes])
             if any(name in nodes and nodes[name] is not sparse for name in fused):
                 raise InvariantError(f"{where}: a fused node is still in the graph")
             continue

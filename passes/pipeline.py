@@ -33,6 +33,7 @@ from .cleanup import CleanupPass, FinalCleanupPass, NameNodesPass, ShapesPass
 from .fold_batchnorm import FoldBatchNormPass
 from .fold_transpose import FoldTransposePass, TransposedMatVecPass
 from .fuse_depthwise import FuseDepthwisePass
+from .fuse_head import FuseHeadPass
 from .lower_sparse_ops import LowerSparseOpsPass
 from .mark_epilogues import MarkEpiloguesPass
 from .shrink_zero_channels import ShrinkZeroChannelsPass
@@ -75,6 +76,8 @@ def lowering_steps(plan: Plan, options: CompileOptions) -> list[Step]:
         # A depthwise conv (+ activation) after a sparse 1x1 conv joins that conv's node.
         ("fuse_depthwise", FuseDepthwisePass(
             plan, enabled=options.fuse_epilogues and options.fuse_depthwise)),
+        # A 1x1 conv, the mean pool after it and the linear after that -> one SparseConv.
+        ("fuse_head", FuseHeadPass(plan, enabled=options.fuse_epilogues and options.fuse_head)),
         # MatMul(one row, Transpose(b)) -> b times a column: b is read in place (decode
         # attention's q . k^T).
         ("transposed_matvec", TransposedMatVecPass()),

@@ -31,6 +31,10 @@ Attributes:
   the depthwise conv comes first instead, over the C input channels (``dw_weight``
   [C, 1, kh, kw], ``dw_bias`` [C]):
   ``Y = epilogue(conv2d(dw_epilogue(depthwise_conv2d(X, dw_weight)), W))``, W a 1x1 conv.
+  A 1x1 SparseConv with a fused head (``passes/fuse_head.py``) has pool = "mean", ln_entry,
+  ln_layout, ln_out_features, ln_epilogue (+ ln_clip_min/ln_clip_max), the linear's format
+  arrays and bias after its own inputs, and Y ``[N, ln_out_features]``:
+  ``Y = ln_epilogue(mean_hw(epilogue(conv2d(X, W))) · W_lnᵀ)``.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ class SparseOpSpec:
     rows: int = 0  # the GEMM rows the plan expected (attribute ``rows``); 0: not given
     dw_before: bool = False  # the depthwise conv comes before the conv (it reads X; group =
     # in) instead of after it; the conv is then the projection (attribute ``dw_before``)
+    head: SparseOpSpec | None = None  # a fused global average pool and SparseLinear after it
 
     @property
     def has_dw_bias(self) -> bool:

@@ -26,6 +26,7 @@ class CompileOptions:
     shrink_zero_channels: bool = True
     fuse_epilogues: bool = True
     fuse_depthwise: bool = True  # a sparse 1x1 conv computes the depthwise conv after it
+    fuse_head: bool = True  # a 1x1 conv computes the mean pool and the linear after it
     num_threads: int | None = None  # None: all cores
     progress: bool = False  # show progress bars (the CLI turns this on for a terminal)
 

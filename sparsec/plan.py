@@ -116,7 +116,9 @@ class PlanEntry:
     source_shape: tuple[int, ...] | None = None
     estimated_speedup: float | None = None  # cost model: dense time / chosen layout time
     depthwise: DepthwiseFusion | None = None  # a depthwise conv fused after this 1x1 conv
-    fused_into: str | None = None  # this 1x1 conv is computed by that entry's kernel
+    fused_into: str | None = None  # this 1x1 conv (or linear) is computed by that entry's kernel
+    pool_nodes: list[str] = field(default_factory=list)  # a mean pool (and reshape) after this
+    # conv, fused with the linear after them into its kernel (``passes/fuse_head.py``)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PlanEntry:
@@ -143,6 +145,8 @@ class PlanEntry:
         if self.depthwise is not None:
             where = " before it" if self.depthwise.before else ""
             reason += f"; fused with depthwise {self.depthwise.node}{where}"
+        if self.pool_nodes:
+            reason += f"; fused with pool {self.pool_nodes[0]} and the linear after it"
         if self.fused_into is not None:
             reason += f"; computed inside {self.fused_into}'s kernel"
         return {

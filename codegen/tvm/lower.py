@@ -124,6 +124,12 @@ def read_spec(node: onnx.NodeProto) -> SparseOpSpec:
             ops.CONV, pj_layout, int(a["pj_out_features"]), spec.out_features,
             dec(a["pj_entry"]), steps("pj_"),
             list(node.input[at:at + len(array_keys(pj_layout))]), ConvAttrs((1, 1)))
+    if "ln_layout" in a:  # a fused mean pool and linear (``passes/fuse_head.py``)
+        ln_layout = dec(a["ln_layout"])
+        at = 1 + len(spec.array_names) + spec.has_bias + spec.has_residual
+        spec.head = SparseOpSpec(
+            ops.LINEAR, ln_layout, int(a["ln_out_features"]), spec.out_features,
+            dec(a["ln_entry"]), steps("ln_"), list(node.input[at:at + len(array_keys(ln_layout))]))
     return spec
 
 
@@ -158,10 +164,13 @@ def _prepare(proto: onnx.ModelProto, target) -> dict[str, tuple[SparseOpSpec, di
         if not node.name or node.name in side:
             raise CompileError(f"codegen/tvm: sparse node needs a unique name, got '{node.name}'")
         spec = read_spec(node)
-        pj_names = spec.project.array_names if spec.project else []
         arrays = {nm.rsplit(".", 1)[-1]: numpy_helper.to_array(inits[nm]) for nm in spec.array_names}
-        arrays.update({"pj_" + nm.rsplit(".", 1)[-1]: numpy_helper.to_array(inits[nm])
-                       for nm in pj_names})
+        pj_names = []  # a fused projection's or head's arrays, prepared with the node's
+        for prefix, fused in (("pj_", spec.project), ("ln_", spec.head)):
+            names = fused.array_names if fused else []
+            arrays.update({prefix + nm.rsplit(".", 1)[-1]: numpy_helper.to_array(inits[nm])
+                           for nm in names})
+            pj_names += names
         try:
             prepared = kernel_for(spec).prepare(spec, arrays, target)
         except Exception as exc:
@@ -279,6 +288,8 @@ def _ident(name: str) -> str:
 
 def _conv_out_shape(spec: SparseOpSpec, in_shape: list[int]) -> list[int]:
     n, _, h, w = in_shape
+    if spec.head is not None:
+        return [n, spec.head.out_features]
     out = spec.project.out_features if spec.project else spec.out_features
     for conv in (spec.conv, spec.depthwise):
         if conv is None:

@@ -105,7 +105,8 @@ def sparse_reference(node: ir.Node, values: dict[str, np.ndarray]) -> np.ndarray
         acc = x.astype(np.float64) @ w.T.astype(np.float64)
         return ops.apply_epilogue(acc, steps, bias, residual, channel_axis=-1)
     if node.attributes.get_ints("dw_kernel_shape", None) is None:
-        return ops.apply_epilogue(_conv2d(x, w, node), steps, bias, residual, channel_axis=1)
+        y = ops.apply_epilogue(_conv2d(x, w, node), steps, bias, residual, channel_axis=1)
+        return y if node.attributes.get_string("pool", None) is None else _head(node, y, rest)
     dw_steps = ops.epilogue_from_attrs(
         list(node.attributes.get_strings("dw_epilogue")),
         node.attributes.get_float("dw_clip_min", None),
@@ -131,6 +132,20 @@ def sparse_reference(node: ir.Node, values: dict[str, np.ndarray]) -> np.ndarray
     pj_res = rest.pop(0) if any(s.op == "residual" for s in pj_steps) else None
     acc = np.einsum("oc,nchw->nohw", w_pj.astype(np.float64), y.astype(np.float64))
     return ops.apply_epilogue(acc, pj_steps, pj_bias, pj_res, channel_axis=1)
+
+
+def _head(node: ir.Node, y: np.ndarray, rest: list[np.ndarray]) -> np.ndarray:
+    """A fused head (``passes/fuse_head.py``): the mean over H and W, then the linear."""
+    a = node.attributes
+    layout = a.get_string("ln_layout")
+    packed = {k: rest.pop(0) for k in _array_keys(layout)}
+    w = unpack(Packed(layout, (a.get_int("ln_out_features"), y.shape[1]), packed))
+    steps = ops.epilogue_from_attrs(list(a.get_strings("ln_epilogue")),
+                                    a.get_float("ln_clip_min", None),
+                                    a.get_float("ln_clip_max", None))
+    bias = rest.pop(0) if any(s.op == "bias" for s in steps) else None
+    acc = y.astype(np.float64).mean(axis=(2, 3)) @ w.T.astype(np.float64)
+    return ops.apply_epilogue(acc, steps, bias, channel_axis=-1)
 
 
 def _depthwise(x: np.ndarray, w: np.ndarray, node: ir.Node) -> np.ndarray:

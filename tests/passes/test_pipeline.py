@@ -63,8 +63,8 @@ def test_analyze_then_run(tools):
 
     steps.clear()
     lm, plan = pipeline.run(m, CompileOptions(), CPU, on_step=on_step)
-    assert steps[-4:] == ["lower_sparse_ops", "fuse_depthwise", "transposed_matvec",
-                          "final_cleanup"]
+    assert steps[-5:] == ["lower_sparse_ops", "fuse_depthwise", "fuse_head",
+                          "transposed_matvec", "final_cleanup"]
     assert tools.op_types(lm) == ["SparseLinear", "SparseLinear"]
     assert set(lm.graph.initializers) == {
         "fc1.weight.csr.values", "fc1.weight.csr.indices", "fc1.weight.csr.indptr",

@@ -30,7 +30,7 @@ from sparsec.layouts import parse_layout
 from sparsec.ops import SparseOpSpec
 
 _MODULES = ("linear_dense", "linear_csr", "linear_bsr", "linear_nm", "linear_bitmap", "conv",
-            "conv_dw")
+            "conv_dw", "conv_head")
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,8 @@ def kernel_for(spec: SparseOpSpec) -> KernelDef:
     kind = parse_layout(spec.layout).kind
     if spec.depthwise is not None:
         kind = f"dw:{kind}"  # the conv and the depthwise conv after it (conv_dw)
+    elif spec.head is not None:
+        kind = f"head:{kind}"  # the conv, a global average pool and a linear (conv_head)
     table = _registry()
     try:
         return table[(spec.op_type, kind)]
