@@ -6,8 +6,8 @@ kernel executes on what it stores, padding included)::
     rows        = the rows the kernel sees: prod(X.shape[:-1]) for MatMul/Gemm (batch*seq),
                   N*OH*OW for Conv (from the value shapes; 1 if unknown)
     t(layout)   = max(flops / rate, stored_bytes / bandwidth) + overhead_s
-    bandwidth   = llc_bandwidth_gbs when the model's weights fit the last-level cache
-                  (``weights_resident``), else bandwidth_gbs
+    bandwidth   = llc_bandwidth_gbs when the model's weights and what one call writes fit
+                  the last-level cache (``weights_resident``), else bandwidth_gbs
 
     layout      flops                  rate (rows == 1 | 2..lanes | more)     stored_bytes
     dense       2*O*K*rows             dense_gflops (Conv: conv_dense_gflops) 4*O*K
@@ -76,6 +76,7 @@ from sparsec.targetspec import (
 )
 
 from .base import SparsecPass
+from .fuse_head import HEAD_KINDS, HEAD_MAX_PIXELS, pooled
 from .weights import WeightOp, is_pointwise, nodes_by_name, weight_op_for
 
 
@@ -100,19 +101,41 @@ def kernel_rows(wop: WeightOp) -> int:
     return int(x[0]) * out
 
 
-def weights_resident(entries: Iterable[PlanEntry], target: TargetSpec) -> bool:
+def weights_resident(entries: Iterable[PlanEntry], target: TargetSpec,
+                     written: float = 0.0) -> bool:
     """Whether a model whose planned weights are ``entries`` stays in the last-level cache
-    between calls (the weights counted as float32), so that its kernels read them from there.
+    between calls (the weights counted as float32), so that its kernels read them from there:
+    they and the ``written`` bytes of one call's outputs (``bytes_written``) fit it.
 
     Benchmarks and serving loops call a model back to back; a weight that fits the cache
     then never comes from memory again. Pricing such weights at memory bandwidth made dense
     look 4x slower than it is at one row: a 3072x768 layer at density 0.2 picked csr (0.145
     ms) over a dense GEMV that took 0.111 (measured on AVX2, Zen 3, 32 MiB L3). The dense
-    bytes bound what the layouts store, so a model that fits dense fits whatever is picked."""
+    bytes bound what the layouts store, so a model that fits dense fits whatever is picked.
+    But what a call writes passes through the cache too: MobileNetV2-224's 13 MiB of weights
+    fit a 32 MiB L3, its ops' outputs (37 MiB a call) push them out, and its classifier
+    (1000x1280 at density 0.2, one row) took 125 us dense in the model against 68 us as csr
+    (Zen 4, in-model A/B in one process) where the resident pricing had picked dense."""
     c = target.cost
     if not (c.llc_bytes and c.llc_bandwidth_gbs):
         return False
-    return sum(4.0 * e.stats.rows * e.stats.cols for e in entries) <= c.llc_bytes
+    weights = sum(4.0 * e.stats.rows * e.stats.cols for e in entries)
+    return weights + written <= c.llc_bytes
+
+
+WRITING_OPS = ("Conv", "MatMul", "Gemm")  # the elementwise ops after them are their epilogues
+
+
+def bytes_written(graph: ir.Graph) -> float:
+    """Bytes one call writes, counted as the outputs of the graph's ``WRITING_OPS`` (float32,
+    static shapes only): planned or not (a depthwise conv), each writes its output once."""
+    total = 0.0
+    for node in graph:
+        if node.op_type in WRITING_OPS and node.domain in ("", "ai.onnx"):
+            for out in node.outputs:
+                if out.shape is not None and out.shape.is_static():
+                    total += 4.0 * math.prod(int(d) for d in out.shape)
+    return total
 
 
 def layout_time(layout: Layout, entry: PlanEntry, rows: int, target: TargetSpec,
@@ -256,8 +279,9 @@ def check_forced(entry: PlanEntry, wop: WeightOp, layout: Layout, target: Target
 
 
 def choose(entry: PlanEntry, wop: WeightOp, options: CompileOptions,
-           target: TargetSpec, resident: bool = False) -> None:
-    """Set entry.layout / reason / forced / estimated_speedup (see the module docstring)."""
+           target: TargetSpec, resident: bool = False, note: str | None = None) -> None:
+    """Set entry.layout / reason / forced / estimated_speedup (see the module docstring);
+    ``note``: why ``resident`` pricing holds for this op when it is not the cache's."""
     s = entry.stats
     rows = kernel_rows(wop)
     times = estimate_times(entry, rows, target, resident)
@@ -276,15 +300,15 @@ def choose(entry: PlanEntry, wop: WeightOp, options: CompileOptions,
         return
     entry.forced = False
     entry.layout, entry.estimated_speedup, entry.reason = decide(entry, times, target, rows,
-                                                                resident)
+                                                                resident, note)
 
 
 def decide(entry: PlanEntry, times: dict[str, float], target: TargetSpec, rows: int = 1,
-           resident: bool = False) -> tuple[str, float, str]:
+           resident: bool = False, note: str | None = None) -> tuple[str, float, str]:
     """(layout, estimated speed-up over dense, reason) for an op that is not forced, from
     ``estimate_times`` at ``rows`` kernel rows: the fastest sparse candidate when it beats
     dense by ``min_speedup``, else dense. ``resident``: the times assumed the weights in
-    the last-level cache, which the reason then says."""
+    the last-level cache, which the reason then says (or ``note``, why they could)."""
     s = entry.stats
     sparse = {name: t for name, t in times.items() if name != "dense"}
     if s.nonfinite:
@@ -297,8 +321,8 @@ def decide(entry: PlanEntry, times: dict[str, float], target: TargetSpec, rows: 
         return "dense", 1.0, f"dense: target {target.name} runs no fitting sparse layout"
     best = min(sparse, key=sparse.__getitem__)
     speedup = times["dense"] / sparse[best]
-    cached = (f"; weights in the {target.cost.llc_bytes >> 20} MiB cache"
-              if resident else "")
+    cached = (f"; {note}" if note else f"; weights in the {target.cost.llc_bytes >> 20} MiB "
+              f"cache" if resident else "")
     if speedup >= target.cost.min_speedup:
         return best, speedup, (f"{best}: est. {speedup:.1f}x faster than dense "
                                f"(density {s.density:.2f}{cached})")
@@ -317,10 +341,33 @@ class ChooseLayoutsPass(SparsecPass):
     def apply(self, model: ir.Model) -> bool:
         graph = model.graph
         by_name = nodes_by_name(graph)
-        resident = weights_resident(self.plan.entries, self.target)
+        resident = weights_resident(self.plan.entries, self.target, bytes_written(graph))
+        tails = {(e.fused_nodes[-1] if e.fused_nodes else e.node): e
+                 for e in self.plan.entries if e.op == "Conv"}
         for entry in self.plan.entries:
             with self.at(entry.node, entry.weight):
-                choose(entry, weight_op_for(graph, entry.node, by_name), self.options,
-                       self.target, resident)
+                wop = weight_op_for(graph, entry.node, by_name)
+                head = None if resident else self._head_conv(entry, wop, tails, graph, by_name)
+                note = (f"weights stream during {head.node}'s GEMM (fuse_head)"
+                        if head is not None else None)
+                choose(entry, wop, self.options, self.target, resident or head is not None,
+                       note)
             self.counts[parse_layout(entry.layout).kind] += 1
         return False
+
+    def _head_conv(self, entry: PlanEntry, wop: WeightOp, tails: dict, graph, by_name
+                   ) -> PlanEntry | None:
+        """The dense conv whose pooled output this linear reads, when ``fuse_head`` will fuse
+        them if the linear stays dense too: its weight then streams in while the conv
+        computes, as from the cache (``passes/fuse_head.py``). Entries come in graph order,
+        so the conv's layout is chosen already."""
+        o = self.options
+        if entry.op == "Conv" or not (o.fuse_head and o.fuse_epilogues):
+            return None
+        found = pooled(by_name[entry.node])
+        conv = tails.get(found[0].name) if found and found[0] is not None else None
+        if conv is None or parse_layout(conv.layout).kind not in HEAD_KINDS \
+                or not is_pointwise(conv.conv):
+            return None
+        pixels = kernel_rows(weight_op_for(graph, conv.node, by_name)) // max(1, kernel_rows(wop))
+        return conv if pixels <= HEAD_MAX_PIXELS else None

@@ -39,9 +39,9 @@ HEAD_KINDS = ("dense",)  # layouts of both: the kernel's GEMM and its weight str
 HEAD_MAX_PIXELS = 256  # the conv's image: the pixel-rows GEMM's (``conv_pixel_rows``)
 
 
-def match_head(linear: ir.Node) -> tuple[ir.Node, list[ir.Node]] | str | None:
-    """(the SparseConv, the pool and reshape nodes) whose mean feeds ``linear``, why not, or
-    None when ``linear`` does not read a pool at all."""
+def pooled(linear: ir.Node) -> tuple[ir.Node | None, list[ir.Node]] | None:
+    """(the node whose output is pooled, the pool and reshape nodes) when ``linear`` reads a
+    mean pool over H and W (through an optional Reshape, Flatten or Squeeze), else None."""
     between: list[ir.Node] = []
     node = linear.inputs[0].producer() if linear.inputs else None
     if node is not None and _is_onnx(node, "Reshape", "Flatten", "Squeeze"):
@@ -49,8 +49,16 @@ def match_head(linear: ir.Node) -> tuple[ir.Node, list[ir.Node]] | str | None:
         node = node.inputs[0].producer()
     if node is None or not _is_pool(node):
         return None
-    between.insert(0, node)
-    conv = node.inputs[0].producer()
+    return node.inputs[0].producer(), [node, *between]
+
+
+def match_head(linear: ir.Node) -> tuple[ir.Node, list[ir.Node]] | str | None:
+    """(the SparseConv, the pool and reshape nodes) whose mean feeds ``linear``, why not, or
+    None when ``linear`` does not read a pool at all."""
+    found = pooled(linear)
+    if found is None:
+        return None
+    conv, between = found
     a = linear.attributes
     if parse_layout(a.get_string("layout")).kind not in HEAD_KINDS:
         return f"linear layout {a.get_string('layout')} is not {' or '.join(HEAD_KINDS)}"

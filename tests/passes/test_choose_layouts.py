@@ -16,6 +16,7 @@ from sparsec.passes.analyze_sparsity import AnalyzeSparsityPass
 from sparsec.passes.choose_layouts import ChooseLayoutsPass, estimate_times
 from sparsec.passes.cleanup import ShapesPass
 from sparsec.passes.invariants import verify
+from sparsec.passes.mark_epilogues import MarkEpiloguesPass
 from sparsec.plan import Plan
 from sparsec.targetspec import CostConstants, TargetSpec
 
@@ -118,6 +119,38 @@ def test_weights_that_fit_the_cache_are_priced_at_its_bandwidth(tools):
     assert layout(1 << 20) == "csr"  # the weights do not fit
     assert layout(32 << 20, llc_gbs=0.0) == "csr"  # no cache term
     assert layout(0) == "csr"  # cache size unknown
+
+
+def test_what_a_call_writes_and_a_fused_head_count_for_the_cache(tools):
+    """What a call writes passes through the cache too: a 4 MiB weight with a conv writing 4
+    MiB beside it no longer fits 6 MiB, and goes csr. A dense linear reading a dense 1x1
+    conv's mean pool (``fuse_head``) is priced as cached anyway: its weight streams while
+    the conv computes. Not when the fusion is off or the conv is not dense."""
+    w = sparse((1024, 1024), 0.3)
+
+    def head(side, llc_mib, **opts):
+        nodes = [helper.make_node("Conv", ["img", "cw"], ["c"], name="conv"),
+                 helper.make_node("Relu", ["c"], ["r"], name="act"),
+                 helper.make_node("GlobalAveragePool", ["r"], ["m"], name="pool"),
+                 helper.make_node("Flatten", ["m"], ["f"], name="flat"),
+                 helper.make_node("Gemm", ["f", "w"], ["y"], transB=1, name="fc")]
+        cw = rng.standard_normal((1024, 16, 1, 1)).astype(np.float32)
+        m = tools.model(nodes, {"img": (1, 16, side, side)}, ["y"], {"cw": cw, "w": w})
+        ShapesPass()(m)
+        plan = Plan(target="cpu")
+        AnalyzeSparsityPass(plan)(m)
+        MarkEpiloguesPass(plan, True)(m)
+        cost = dataclasses.replace(CostConstants(), llc_bytes=llc_mib << 20,
+                                   llc_bandwidth_gbs=200.0)
+        ChooseLayoutsPass(plan, CompileOptions(**opts), dataclasses.replace(CPU, cost=cost))(m)
+        return {e.weight: e for e in plan.entries}
+
+    assert head(4, 6)["w"].layout == "dense"  # 4 MiB + 64 KiB written: cached
+    assert head(32, 6)["w"].layout == "csr"  # + 4 MiB written, and no fusion at 1024 pixels
+    fused = head(16, 5)["w"]  # + 1 MiB written: not cached, but fused with the conv
+    assert fused.layout == "dense" and "weights stream during conv's GEMM" in fused.reason
+    assert head(16, 5, fuse_head=False)["w"].layout == "csr"
+    assert head(16, 5, layouts={"conv": "csr"})["w"].layout == "csr"
 
 
 def test_structured_layouts_win_when_their_rate_is_high(tools):
