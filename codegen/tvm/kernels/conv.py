@@ -254,7 +254,7 @@ def _prim_func(spec, g: ConvGeometry, plan: TilePlan, inner: Inner, arrays, vl: 
             if per_image:
                 with T.serial(n_img) as n:
                     if not g.direct:
-                        emit_z_fill(g, xf, k.src, n)
+                        emit_z_fill(g, xf, k.src, n, vl)
                     k.emit(tiles, n)
             else:
                 k.emit(tiles, None)

@@ -1,7 +1,8 @@
 """An image's rows in the fused block kernel (``conv_dw``): how runs of them are tiled for
 a budget of lanes (``tiles``, ``row_tiles``), and when and how each image's X is copied
 first, its rows padded to whole vectors or deinterleaved (``pad_rows_default``,
-``DEINTERLEAVE_MIN_PIXELS``, ``copy_rows``, ``deinterleave_into``).
+``DEINTERLEAVE_MIN_PIXELS``, ``copy_rows``; the shuffles are ``conv_geometry``'s
+``deinterleave_into``).
 
 Padded rows: a dense expand tile is 6 channels times a run of pixels. A 7x7 or 14x14 image
 has rows of 7 or 14, runs of 14 that ``vloop`` cuts into vectors of 8, 4 and 2: 18
@@ -20,7 +21,13 @@ from typing import TYPE_CHECKING
 from tvm import tirx
 from tvm.tirx.script import builder as T
 
-from sparsec.codegen.tvm.kernels.conv_geometry import F32, _round_up, pow2_pieces, vloop
+from sparsec.codegen.tvm.kernels.conv_geometry import (
+    F32,
+    _round_up,
+    deinterleave_into,
+    pow2_pieces,
+    vloop,
+)
 from sparsec.codegen.tvm.kernels.conv_inner import acc_vectors
 
 if TYPE_CHECKING:
@@ -132,22 +139,3 @@ def copy_rows(xf, xp, g: DwGeometry, n, wp: int, vl: int, deinterleave: bool) ->
                                                      [dst + g.w + l]))
 
 
-def deinterleave_into(dst, d0, src, s0, par: int, count: int, vl: int) -> None:
-    """dst[d0 + i] = src[s0 + 2 i + par] for i < count: pairs of vectors, one shuffle each
-    (LLVM lowers a shuffle wider than one vector partly lane by lane on AVX2). The pair is
-    read from s0 + 2 i even for the odd lanes, so nothing past the row is read."""
-
-    def piece(i, m: int) -> None:
-        if m == 1:
-            T.buffer_store(dst, src[s0 + 2 * i + par], [d0 + i])
-            return
-        pair = [src[T.Ramp(s0 + 2 * i, 1, m)], src[T.Ramp(s0 + 2 * i + m, 1, m)]]
-        T.buffer_store(dst, tirx.Shuffle(pair, [par + 2 * j for j in range(m)]),
-                       [T.Ramp(d0 + i, 1, m)])
-
-    full, rest = divmod(count, vl)
-    if full:
-        with T.serial(full) as b:
-            piece(b * vl, vl)
-    for start, m in pow2_pieces(rest, full * vl):
-        piece(start, m)

@@ -258,9 +258,34 @@ def emit_offsets(g: ConvGeometry, offtab) -> None:
                            [c * len(g.taps) + r])
 
 
-def emit_z_fill(g: ConvGeometry, x, z, n) -> None:
+def deinterleave_into(dst, d0, src, s0, par: int, count: int, vl: int) -> None:
+    """dst[d0 + i] = src[s0 + 2 i + par] for i < count: pairs of vectors, one shuffle each
+    (LLVM lowers a shuffle wider than one vector partly lane by lane on AVX2). The pair is
+    read from s0 + 2 i even for the odd lanes, so nothing past the row is read."""
+
+    def piece(i, m: int) -> None:
+        if m == 1:
+            T.buffer_store(dst, src[s0 + 2 * i + par], [d0 + i])
+            return
+        pair = [src[T.Ramp(s0 + 2 * i, 1, m)], src[T.Ramp(s0 + 2 * i + m, 1, m)]]
+        T.buffer_store(dst, tirx.Shuffle(pair, [par + 2 * j for j in range(m)]),
+                       [T.Ramp(d0 + i, 1, m)])
+
+    full, rest = divmod(count, vl)
+    if full:
+        with T.serial(full) as b:
+            piece(b * vl, vl)
+    for start, m in pow2_pieces(rest, full * vl):
+        piece(start, m)
+
+
+def emit_z_fill(g: ConvGeometry, x, z, n, vl: int = 0) -> None:
     """Fill Z (the padded, plane-split copy of image n of X), parallel over (input channel,
-    plane): a stem conv has 3 channels but 4 planes at stride 2, so 12 tasks, not 3."""
+    plane): a stem conv has 3 channels but 4 planes at stride 2, so 12 tasks, not 3. At
+    column stride 2 with ``vl`` lanes the strided runs are read as pairs of vectors and
+    deinterleaved (``deinterleave_into``); LLVM builds a strided load lane by lane.
+    MobileNetV2's stem at 224 (AVX-512, Zen 4, the fill alone, 200 calls): 19.6 -> 14.9 us
+    at best, 27.9 -> 18.8 us in median; the stem 147 -> 142 us."""
     nph, plane = len(g.planes), g.hq * g.wq
     with T.parallel(g.c * nph) as task:
         c = T.Bind(task // nph)
@@ -268,11 +293,11 @@ def emit_z_fill(g: ConvGeometry, x, z, n) -> None:
         for ph, (a, b) in enumerate(g.planes):
             zb = (c * nph + ph) * plane
             if nph == 1:
-                _emit_plane(g, a, b, x, z, zb, xb)
+                _emit_plane(g, a, b, x, z, zb, xb, vl)
                 continue
             with T.If(task % nph == ph):
                 with T.Then():
-                    _emit_plane(g, a, b, x, z, zb, xb)
+                    _emit_plane(g, a, b, x, z, zb, xb, vl)
 
 
 def _valid(count: int, start: int, stride: int, size: int) -> tuple[int, int]:
@@ -283,7 +308,7 @@ def _valid(count: int, start: int, stride: int, size: int) -> tuple[int, int]:
     return lo, max(lo, hi)
 
 
-def _emit_plane(g: ConvGeometry, a: int, b: int, x, z, zb, xb) -> None:
+def _emit_plane(g: ConvGeometry, a: int, b: int, x, z, zb, xb, vl: int = 0) -> None:
     """One plane: zero rows and columns outside X, copy (strided) runs of X rows inside."""
     zero = tirx.const(0.0, F32)
     ulo, uhi = _valid(g.hq, a - g.pt, g.sh, g.h)
@@ -302,7 +327,13 @@ def _emit_plane(g: ConvGeometry, a: int, b: int, x, z, zb, xb) -> None:
         xrow = xb + (u * g.sh + a - g.pt) * g.w + (b - g.pl)
         if vlo > 0:
             vloop(vlo, lambda l: T.buffer_store(z, zero, [row + l]))
-        if vhi > vlo:
+        if vhi > vlo and g.sw == 2 and vl > 1:
+            # pairs read one element past the last one taken: not past the end of X's row
+            count = vhi - vlo - ((vhi - 1) * g.sw + b - g.pl >= g.w - 1)
+            deinterleave_into(z, row + vlo, x, xrow + vlo * g.sw, 0, count, vl)
+            if count < vhi - vlo:
+                T.buffer_store(z, x[xrow + (vhi - 1) * g.sw], [row + vhi - 1])
+        elif vhi > vlo:
             vloop(vhi - vlo, chunk=64, body=lambda l: T.buffer_store(
                 z, x[xrow + (vlo + l) * g.sw], [row + vlo + l]))
         if vhi < wq:
