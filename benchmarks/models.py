@@ -26,6 +26,8 @@ GPT-2 decode goal) or the pattern 2:4, in the zoo's prunable layers by magnitude
   the same way in a child process (``sparsec alone``). The two take turns, a fresh
   process each, ``--processes`` times (``against_deepsparse``); the ratio DeepSparse ms /
   sparsec ms is taken pair by pair, and the goals use its median ("1.10x (0.98-1.21)").
+  Where that median is within ``SECOND_LOOK`` (1.10x) either way, as many pairs run again
+  and the median is over all of them (the table's "pairs").
 
 Writes ``<out>/models.json``, ``<out>/models.md`` (the table and the issue's goals, met or
 not) and ``<out>/models.png`` (speed-up over onnxruntime vs sparsity, one line per model):
@@ -197,6 +199,12 @@ def child(engine: str, args: list[str]) -> dict:
 # decode artifact (0%, 340 MB of dense weights) took 17.7, 8.4 and 11.3 ms in three fresh
 # processes in a row (2026-12-01, 12:03).
 PROCESSES = 3
+# A second look: when DeepSparse's time over sparsec's is within this factor either way
+# after ``--processes`` pairs, as many pairs again are run and the ratio is their median
+# over all: a near tie is where one pair's noise decides the sign (2026-12-01, MobileNetV2-224
+# at 0%: three pairs gave 1.02x (0.91-1.03) in one run and 1.08x (1.05-1.59) in another).
+# It applies whichever engine leads, as the kernel benchmark's second look does.
+SECOND_LOOK = 1.10
 
 
 def alone_loop(fn, warm_s: float = 0.2, measure_s: float = 0.5, calls: int = 30) -> float:
@@ -283,20 +291,31 @@ def against_deepsparse(row: Row, python: str, art: Path, onnx_path: Path, inputs
     apart, so the host's drift between processes cancels) into ``row.ratios``."""
     files = deepsparse_files(onnx_path, inputs)
     ours, theirs = [], []
-    for _ in range(processes):
-        res = run_child("sparsec", str(art), str(inputs), "alone")
-        if res is None:
-            return
-        ours.append(res["ms"])
-        if files:
-            ds = deepsparse_once(python, files)
-            if ds is None:
-                return
-            theirs.append(ds)
+
+    def pairs(count: int) -> bool:
+        for _ in range(count):
+            res = run_child("sparsec", str(art), str(inputs), "alone")
+            if res is None:
+                return False
+            ours.append(res["ms"])
+            if files:
+                ds = deepsparse_once(python, files)
+                if ds is None:
+                    return False
+                theirs.append(ds)
+        return True
+
+    if not pairs(processes):
+        return
+    if theirs and 1 / SECOND_LOOK < np.median(np.divide(theirs, ours)) < SECOND_LOOK:
+        pairs(processes)  # a near tie: as many pairs again (``SECOND_LOOK``)
+        theirs = theirs[:len(ours)]
+        ours = ours[:len(theirs)]
     row.ms["sparsec alone"] = float(np.median(ours))
     if theirs:
         row.ms["deepsparse"] = float(np.median(theirs))
         row.ratios["deepsparse"] = round_ratios({"a": ours, "d": theirs}, "d", "a")
+        row.pairs = len(theirs)
 
 
 # ---------------------------------------------------------------- one (model, level)

@@ -31,6 +31,7 @@ class Row:
     # per-round ratios peer ms / sparsec ms. Rounds are seconds apart, so a ratio within a
     # round cancels the host's drift; the spread says how far one run can be trusted.
     ratios: dict[str, list[float]] = field(default_factory=dict)
+    pairs: int = 0  # process pairs behind the DeepSparse ratio (``models.SECOND_LOOK``)
 
     def speedup(self, peer: str = "onnxruntime") -> float | None:
         """The median per-round (or per-pair) ratio peer ms / sparsec ms, else the ratio of
@@ -47,7 +48,8 @@ class Row:
         if peer not in self.ratios:
             return ""
         _, lo, hi = self.ratios[peer]
-        return f" ({lo:.2f}-{hi:.2f})"
+        pairs = f"; {self.pairs} pairs" if peer == "deepsparse" and self.pairs else ""
+        return f" ({lo:.2f}-{hi:.2f}{pairs})"
 
 
 def table(rows: list[Row]) -> str:

@@ -56,6 +56,25 @@ def test_per_round_ratios_decide_and_show_their_spread():
     assert "| sparsec alone ms | deepsparse ms |" in text and "| 0.95x (0.90-1.10) |" in text
 
 
+@pytest.mark.parametrize("ds_ms,pairs", [(10.5, 6), (9.5, 6), (13.0, 3), (8.0, 3)])
+def test_a_near_tie_with_deepsparse_gets_a_second_look(monkeypatch, tmp_path, ds_ms, pairs):
+    """Within SECOND_LOOK either way after the pairs asked for, as many pairs run again and
+    the ratio is the median over all; a clear lead or loss keeps its first pairs."""
+    from benchmarks import models
+
+    ours = iter([10.0] * 3 + [11.0] * 3)  # the second look's sparsec pairs are slower
+    monkeypatch.setattr(models, "run_child", lambda *a, **k: {"ms": next(ours)})
+    monkeypatch.setattr(models, "deepsparse_files", lambda *a: ("model", "inputs"))
+    monkeypatch.setattr(models, "deepsparse_once", lambda *a: ds_ms)
+    row = _row("mlp", "0", 1.0, 1.0)
+    models.against_deepsparse(row, "py", tmp_path, tmp_path / "m.onnx", tmp_path, processes=3)
+    assert row.pairs == pairs
+    first = ds_ms / 10.0
+    want = first if pairs == 3 else float(np.median([first] * 3 + [ds_ms / 11.0] * 3))
+    assert row.ratios["deepsparse"][0] == pytest.approx(want)
+    assert f"; {pairs} pairs)" in table([row])
+
+
 def _opset20(tmp_path, name, nodes, x_shape, y_shape=None, inits=()):
     """A one-input graph as torch exports it (IR 10, opset 20), saved: its path."""
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
