@@ -45,3 +45,36 @@ class SparsecPass(ir.passes.InPlacePass):
     def apply(self, model: ir.Model) -> bool:
         """Rewrite ``model`` in place; return whether anything changed."""
         raise NotImplementedError
+
+
+class FusionPass(SparsecPass):
+    """A pass that fuses nodes into a lowered sparse node and records it in the Plan; off
+    when not ``enabled`` (its CompileOptions switch)."""
+
+    def __init__(self, plan, enabled: bool = True) -> None:
+        super().__init__()
+        self.plan = plan
+        self.enabled = enabled
+
+    def apply(self, model: ir.Model) -> bool:
+        if not self.enabled:
+            return False
+        return self.fuse(model.graph, {e.node: e for e in self.plan.entries})
+
+    def fuse(self, graph: ir.Graph, entries: dict) -> bool:
+        """Fuse what matches in ``graph`` (``entries``: the Plan's, by node)."""
+        raise NotImplementedError
+
+
+def carried_attrs(node: ir.Node, prefix: str) -> list[ir.Attr]:
+    """A lowered sparse node's entry, layout, out_features and epilogue (with its clip
+    bounds) as attributes of the node that absorbs it, named ``<prefix><name>``."""
+    a = node.attributes
+    attrs = [ir.AttrString(f"{prefix}entry", a.get_string("entry")),
+             ir.AttrString(f"{prefix}layout", a.get_string("layout")),
+             ir.AttrInt64(f"{prefix}out_features", a.get_int("out_features")),
+             ir.AttrStrings(f"{prefix}epilogue", list(a.get_strings("epilogue", ())))]
+    for key in ("clip_min", "clip_max"):
+        if key in a:
+            attrs.append(ir.AttrFloat32(f"{prefix}{key}", a.get_float(key)))
+    return attrs

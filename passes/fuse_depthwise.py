@@ -44,9 +44,9 @@ import onnx_ir as ir
 
 from sparsec import ops
 from sparsec.layouts import parse_layout
-from sparsec.plan import ConvAttrs, DepthwiseFusion, EpilogueStep, Plan
+from sparsec.plan import ConvAttrs, DepthwiseFusion, EpilogueStep
 
-from .base import SparsecPass
+from .base import FusionPass, carried_attrs
 from .mark_epilogues import _clip_bounds, _is_onnx, _single_use
 from .weights import const_array
 
@@ -166,19 +166,10 @@ def _sparse_convs(graph: ir.Graph, entries: dict):
             yield node, entries[node.attributes.get_string("entry")]
 
 
-class FuseDepthwisePass(SparsecPass):
+class FuseDepthwisePass(FusionPass):
     """SparseConv 1x1 + depthwise Conv + activation -> one SparseConv (module docstring)."""
 
-    def __init__(self, plan: Plan, enabled: bool = True) -> None:
-        super().__init__()
-        self.plan = plan
-        self.enabled = enabled
-
-    def apply(self, model: ir.Model) -> bool:
-        if not self.enabled:
-            return False
-        graph = model.graph
-        entries = {e.node: e for e in self.plan.entries}
+    def fuse(self, graph: ir.Graph, entries: dict) -> bool:
         for sparse, entry in _sparse_convs(graph, entries):
             with self.at(sparse.name, entry.weight):
                 found = match_depthwise(sparse)
@@ -208,19 +199,12 @@ class FuseDepthwisePass(SparsecPass):
 
     def _fuse_projection(self, graph: ir.Graph, node: ir.Node, pj: ir.Node,
                          entries: dict) -> None:
-        a = pj.attributes
-        attrs = [ir.AttrString("pj_entry", a.get_string("entry")),
-                 ir.AttrString("pj_layout", a.get_string("layout")),
-                 ir.AttrInt64("pj_out_features", a.get_int("out_features")),
-                 ir.AttrStrings("pj_epilogue", list(a.get_strings("epilogue", ())))]
-        for key in ("clip_min", "clip_max"):
-            if key in a:
-                attrs.append(ir.AttrFloat32(f"pj_{key}", a.get_float(key)))
         fused = ir.Node(ops.DOMAIN, ops.CONV, [*node.inputs, *pj.inputs[1:]],
-                        [*node.attributes.values(), *attrs], name=node.name)
+                        [*node.attributes.values(), *carried_attrs(pj, "pj_")], name=node.name)
         ir.convenience.replace_nodes_and_values(graph, pj, [node, pj], [fused],
                                                 [pj.outputs[0]], [fused.outputs[0]])
-        entries[a.get_string("entry")].fused_into = node.attributes.get_string("entry")
+        entries[pj.attributes.get_string("entry")].fused_into = node.attributes.get_string(
+            "entry")
 
     def _fuse(self, graph: ir.Graph, sparse: ir.Node, entry, dw: ir.Node,
               acts: list[ir.Node], steps: list[EpilogueStep], before: bool = False) -> ir.Node:

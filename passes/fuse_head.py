@@ -29,9 +29,8 @@ import onnx_ir as ir
 
 from sparsec import ops
 from sparsec.layouts import parse_layout
-from sparsec.plan import Plan
 
-from .base import SparsecPass
+from .base import FusionPass, carried_attrs
 from .mark_epilogues import _is_onnx, _single_use
 from .weights import const_array
 
@@ -102,19 +101,10 @@ def _is_pool(node: ir.Node) -> bool:
     return rank == 4 and axes is not None and sorted(a % 4 for a in axes) == [2, 3]
 
 
-class FuseHeadPass(SparsecPass):
+class FuseHeadPass(FusionPass):
     """SparseConv 1x1 + mean pool + SparseLinear -> one SparseConv (module docstring)."""
 
-    def __init__(self, plan: Plan, enabled: bool = True) -> None:
-        super().__init__()
-        self.plan = plan
-        self.enabled = enabled
-
-    def apply(self, model: ir.Model) -> bool:
-        if not self.enabled:
-            return False
-        graph = model.graph
-        entries = {e.node: e for e in self.plan.entries}
+    def fuse(self, graph: ir.Graph, entries: dict) -> bool:
         for linear in list(graph):
             if linear.domain != ops.DOMAIN or linear.op_type != ops.LINEAR:
                 continue
@@ -132,19 +122,11 @@ class FuseHeadPass(SparsecPass):
 
     def _fuse(self, graph: ir.Graph, linear: ir.Node, conv: ir.Node, between: list[ir.Node],
               entries: dict) -> None:
-        a = linear.attributes
-        attrs = [ir.AttrString("pool", "mean"),
-                 ir.AttrString("ln_entry", a.get_string("entry")),
-                 ir.AttrString("ln_layout", a.get_string("layout")),
-                 ir.AttrInt64("ln_out_features", a.get_int("out_features")),
-                 ir.AttrStrings("ln_epilogue", list(a.get_strings("epilogue", ())))]
-        for key in ("clip_min", "clip_max"):
-            if key in a:
-                attrs.append(ir.AttrFloat32(f"ln_{key}", a.get_float(key)))
+        attrs = [ir.AttrString("pool", "mean"), *carried_attrs(linear, "ln_")]
         fused = ir.Node(ops.DOMAIN, ops.CONV, [*conv.inputs, *linear.inputs[1:]],
                         [*conv.attributes.values(), *attrs], name=conv.name)
         ir.convenience.replace_nodes_and_values(graph, linear, [conv, *between, linear],
                                                 [fused], [linear.outputs[0]], [fused.outputs[0]])
         host = entries[conv.attributes.get_string("entry")]
         host.pool_nodes = [n.name for n in between]
-        entries[a.get_string("entry")].fused_into = host.node
+        entries[linear.attributes.get_string("entry")].fused_into = host.node
