@@ -31,6 +31,15 @@ stem's output) joins the projection after it instead:
 when the depthwise conv and its activations have no other use; its output then never goes
 to memory (``entry.depthwise.before``). Counted as ``fused before``.
 
+One left then (its projection dense: MobileNetV2 at 0-50%) joins a dense kxk conv before
+it, the stem, when it is 3x3 with stride 1 and padding 1 (``match_conv_depthwise``):
+
+    act(Conv[group=O](SparseConv[dense, kxk](X, ...), Wd, Bd?)) -> SparseConv(X, ...)
+        with the dw_* attributes
+
+and the stem's output never goes to memory (``codegen/tvm/kernels/conv_stem_dw.py``).
+Counted as ``fused after conv``.
+
 The Plan records the fusions (``entry.depthwise``; the projection's entry gets
 ``fused_into``); the fused node's output takes the last fused value, as
 ``lower_sparse_ops`` does. Runs after ``lower_sparse_ops``. Counts: ``fused``,
@@ -90,6 +99,30 @@ def match_depthwise_before(sparse: ir.Node) -> tuple[ir.Node, list[ir.Node],
             or _single_use(sparse.inputs[0]) is not sparse:
         return f"Conv {dw.name}'s output (or its activation's) has another use"
     return found
+
+
+def match_conv_depthwise(sparse: ir.Node) -> tuple[ir.Node, list[ir.Node],
+                                                   list[EpilogueStep]] | str:
+    """(the depthwise Conv, its activation nodes, its epilogue) after ``sparse`` when that is
+    a dense kxk conv (group 1, no residual) and the depthwise conv is 3x3, stride 1,
+    padding 1, or why not."""
+    a = sparse.attributes
+    if parse_layout(a.get_string("layout")).kind != "dense":
+        return f"layout {a.get_string('layout')} is not dense"
+    if (tuple(a.get_ints("kernel_shape")) == (1, 1) or a.get_int("group", 1) != 1
+            or "residual" in a.get_strings("epilogue", ())
+            or a.get_strings("dw_epilogue", None) is not None):
+        return "not a dense kxk conv with group 1, no residual and nothing fused"
+    dw = _single_use(sparse.outputs[0])
+    if dw is None or not _is_onnx(dw, "Conv") or dw.inputs[0] is not sparse.outputs[0]:
+        return "its output does not feed exactly one Conv"
+    d = dw.attributes
+    w = dw.inputs[1].shape if len(dw.inputs) > 1 and dw.inputs[1] is not None else None
+    if (w is None or tuple(w)[2:] != (3, 3)
+            or tuple(d.get_ints("strides", (1, 1))) != (1, 1)
+            or tuple(d.get_ints("pads", (0, 0, 0, 0))) != (1, 1, 1, 1)):
+        return f"Conv {dw.name} is not a 3x3 conv with stride 1 and padding 1"
+    return _depthwise(dw, a.get_int("out_features"))
 
 
 def _plain_1x1(sparse: ir.Node) -> str:
@@ -195,7 +228,19 @@ class FuseDepthwisePass(FusionPass):
                     continue  # counted above
                 self._fuse(graph, sparse, entry, *found, before=True)
                 self.counts["fused before"] += 1
-        return self.counts["fused"] + self.counts["fused before"] > 0
+        # Left over, a depthwise conv after a dense kxk conv (MobileNetV2's stem, when the
+        # first block's projection is dense) joins that conv (``conv_stem_dw``).
+        for sparse, entry in _sparse_convs(graph, entries):
+            if entry.depthwise is not None:
+                continue
+            with self.at(sparse.name, entry.weight):
+                found = match_conv_depthwise(sparse)
+                if isinstance(found, str):
+                    continue  # counted above
+                self._fuse(graph, sparse, entry, *found)
+                self.counts["fused after conv"] += 1
+        return self.counts["fused"] + self.counts["fused before"] + \
+            self.counts["fused after conv"] > 0
 
     def _fuse_projection(self, graph: ir.Graph, node: ir.Node, pj: ir.Node,
                          entries: dict) -> None:

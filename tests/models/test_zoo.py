@@ -187,6 +187,24 @@ def test_pruned_model_compiles_and_matches_torch(name):
         assert any("computed inside" in r["reason"] for r in cm.report)
 
 
+def test_dense_mobilenet_fuses_its_stem_and_head():
+    """Dense (not pruned), a small MobileNetV2's stem computes the first depthwise conv
+    (``conv_stem_dw``) and its head conv the pool and the classifier (``conv_head``); the
+    compiled model still matches torch. (At the tiny width 0.25 the first block keeps 8
+    channels and adds the stem's output back: that output is needed, so no fusion.)"""
+    e = ZOO["mobilenetv2_224"]
+    kw = dict(e.tiny, width=0.5)
+    m, x = e.build(**kw), e.example_inputs(**kw)
+    cm = sparsec.compile(m, example_inputs=x)
+    assert cm.verification["ok"]
+    np.testing.assert_allclose(cm(*x), _torch(m, x)[0], rtol=RTOL, atol=ATOL)
+    rows = {r["name"]: r for r in cm.report}
+    stem = next(r for name, r in rows.items() if name.startswith("stem"))
+    assert "fused with depthwise blocks.0.dw" in stem["reason"], stem["reason"]
+    assert "fused with pool" in rows["head.conv"]["reason"]
+    assert "computed inside head.conv's kernel" in rows["classifier"]["reason"]
+
+
 def test_two_four_is_detected():
     e = ZOO["gpt2_decode"]
     m, x = e.build(**e.tiny), e.example_inputs(**e.tiny)

@@ -200,3 +200,45 @@ def test_depthwise_before_left_alone(tools, case, proj):
     if proj == "chw-spmm":
         (node,) = tools.sparse_nodes(lm)
         assert "has another use" in match_depthwise_before(node)
+
+
+def stem(tools, dw_stride=1):
+    """x -> Conv 3x3 stride 2 "stem" + Clip -> depthwise 3x3 + Clip -> Conv 1x1 "proj"."""
+    nodes = [helper.make_node("Conv", ["x", "stem.weight", "stem.bias"], ["s"], name="stem",
+                              pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Clip", ["s", "lo", "hi"], ["s6"], name="stem_act"),
+             helper.make_node("Conv", ["s6", "dw.weight", "dw.bias"], ["d"], group=8,
+                              pads=[1, 1, 1, 1], strides=[dw_stride] * 2, name="dw"),
+             helper.make_node("Clip", ["d", "lo", "hi"], ["d6"], name="dw_act"),
+             helper.make_node("Conv", ["d6", "proj.weight"], ["y"], name="proj")]
+    inits = {"stem.weight": rng.standard_normal((8, 3, 3, 3)).astype(np.float32),
+             "stem.bias": rng.standard_normal(8).astype(np.float32),
+             "dw.weight": rng.standard_normal((8, 1, 3, 3)).astype(np.float32),
+             "dw.bias": rng.standard_normal(8).astype(np.float32),
+             "proj.weight": rng.standard_normal((4, 8, 1, 1)).astype(np.float32),
+             "lo": np.float32(0), "hi": np.float32(6)}
+    return tools.model(nodes, {"x": (1, 3, 18, 18)}, ["y"], inits)
+
+
+@pytest.mark.parametrize("proj,dw_stride,fused", [("dense", 1, "stem"), ("chw-spmm", 1, "proj"),
+                                                  ("dense", 2, None)])
+def test_depthwise_after_a_dense_kxk_conv(tools, proj, dw_stride, fused):
+    """A stem's depthwise conv joins the stem when the projection after it is dense (a
+    sparse one takes it first, ``dw_before``); only 3x3 stride 1 depthwise convs."""
+    from sparsec.passes.fuse_depthwise import match_conv_depthwise
+
+    m = stem(tools, dw_stride)
+    lm, plan = pipeline.run(m, CompileOptions(layouts={"stem": "dense", "proj": proj}), CPU,
+                            on_step=tools.verify_each)
+    x = rng.standard_normal((1, 3, 18, 18)).astype(np.float32)
+    tools.assert_close(tools.evaluate(lm, {"x": x})["y"], tools.ort(m, {"x": x})["y"])
+    entries = {e.node: e for e in plan.entries}
+    assert [n for n, e in entries.items() if e.depthwise is not None] == (
+        [fused] if fused else [])
+    if fused == "stem":
+        dw = entries["stem"].depthwise
+        assert (dw.node, dw.before, dw.fused_nodes) == ("dw", False, ["dw_act"])
+        assert "Conv" not in tools.op_types(lm)
+    if dw_stride == 2:
+        node = next(n for n in tools.sparse_nodes(lm) if n.name == "stem")
+        assert "not a 3x3 conv with stride 1" in match_conv_depthwise(node)

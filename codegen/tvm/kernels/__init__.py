@@ -13,7 +13,10 @@ then Y. SparseLinear: X ``[rows, in]`` and Y ``[rows, out]`` (the lowering flatt
 dims); SparseConv: X ``[N, C, H, W]`` and Y ``[N, O, OH, OW]``. The PrimFunc carries
 ``tirx.is_scheduled`` so no later schedule rule touches it. A SparseConv with a fused
 depthwise conv (``spec.depthwise``, before or after the 1x1 conv) is keyed ``dw:<kind>``
-and takes ``dw_weight`` and ``dw_bias`` after bias and residual (``conv_dw``).
+and takes ``dw_weight`` and ``dw_bias`` after bias and residual (``conv_dw``); after a kxk
+conv, ``dwconv:<kind>`` (``conv_stem_dw``). One with a fused mean pool and linear
+(``spec.head``) is keyed ``head:<kind>`` and takes the linear's arrays and bias last
+(``conv_head``).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from sparsec.layouts import parse_layout
 from sparsec.ops import SparseOpSpec
 
 _MODULES = ("linear_dense", "linear_csr", "linear_bsr", "linear_nm", "linear_bitmap", "conv",
-            "conv_dw", "conv_head")
+            "conv_dw", "conv_head", "conv_stem_dw")
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,9 @@ def _registry() -> dict[tuple[str, str], KernelDef]:
 
 def kernel_for(spec: SparseOpSpec) -> KernelDef:
     kind = parse_layout(spec.layout).kind
-    if spec.depthwise is not None:
+    if spec.depthwise is not None and not spec.conv.pointwise:
+        kind = f"dwconv:{kind}"  # a kxk conv and the depthwise conv after it (conv_stem_dw)
+    elif spec.depthwise is not None:
         kind = f"dw:{kind}"  # the conv and the depthwise conv after it (conv_dw)
     elif spec.head is not None:
         kind = f"head:{kind}"  # the conv, a global average pool and a linear (conv_head)

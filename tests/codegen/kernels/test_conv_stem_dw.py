@@ -1,0 +1,91 @@
+"""A dense kxk conv and the 3x3 depthwise conv after it, row by row in cache
+(codegen/tvm/kernels/conv_stem_dw.py), against torch at rtol = atol = 1e-4: a stem at
+stride 2 and other kernels and strides, odd sizes, asymmetric pads, channel counts that
+leave the last block part padding, several images, more cores than rows split evenly,
+AVX2 and AVX-512 code. Every output is written (NaN to start) and nothing strays past
+either end of a buffer (guarded tensors)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import tvm
+
+from sparsec.codegen.tvm.kernels import conv_stem_dw, kernel_for
+from sparsec.codegen.tvm.stack_locals import compile_kernel
+from sparsec.errors import CompileError
+from sparsec.ops import SparseOpSpec, apply_epilogue
+from sparsec.plan import ConvAttrs, EpilogueStep
+from sparsec.targets.cpu import cpu_flags, detect_host, tvm_target
+from sparsec.testing import guarded_tensor
+
+TOL = dict(rtol=1e-4, atol=1e-4)
+HOST = tvm_target(detect_host())
+RELU6 = EpilogueStep("clip", 0.0, 6.0)
+BIAS = EpilogueStep("bias")
+
+
+def _spec(o, c, kernel, strides, pads, steps, dw_steps, dw=((3, 3), (1, 1), (1, 1, 1, 1))):
+    return SparseOpSpec("SparseConv", "dense", o, c * kernel[0] * kernel[1], "stem",
+                        list(steps), ["w"], ConvAttrs(kernel, strides, pads),
+                        ConvAttrs(dw[0], dw[1], dw[2], (1, 1), o), list(dw_steps))
+
+
+def _run(x_shape, o, kernel=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1), steps=(BIAS, RELU6),
+         dw_steps=(BIAS, RELU6), target=HOST, knobs=None, guard="end"):
+    rng = np.random.default_rng(4)
+    n, c, h, w = x_shape
+    spec = _spec(o, c, kernel, strides, pads, steps, dw_steps)
+    kd = kernel_for(spec)
+    assert kd.build is conv_stem_dw.build
+    wc = rng.standard_normal((o, c, *kernel)).astype(np.float32)
+    arrays = kd.prepare(spec, {"w": wc.reshape(o, -1)}, target)
+    lib = compile_kernel(kd.build(spec, x_shape, arrays, target, knobs or {}), target)
+
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    bias, dw_bias = (rng.standard_normal(o).astype(np.float32) for _ in range(2))
+    wd = rng.standard_normal((o, 1, 3, 3)).astype(np.float32)
+    pt, pl, pb, pr = pads
+    xp = torch.nn.functional.pad(torch.from_numpy(x), (pl, pr, pt, pb))
+    mid = torch.nn.functional.conv2d(xp, torch.from_numpy(wc), stride=strides).numpy()
+    mid = apply_epilogue(mid, spec.epilogue, bias, channel_axis=1)
+    ref = torch.nn.functional.conv2d(torch.from_numpy(mid), torch.from_numpy(wd), padding=1,
+                                     groups=o).numpy()
+    ref = apply_epilogue(ref, spec.dw_epilogue, dw_bias, channel_axis=1)
+    args = [x, *arrays.values()] + ([bias] if spec.has_bias else []) + [wd]
+    args += [dw_bias] if spec.has_dw_bias else []
+    args.append(np.full(ref.shape, np.nan, np.float32))
+    tensors = [guarded_tensor(a, guard) for a in args]
+    lib["main"](*tensors)
+    return tensors[-1].numpy(), ref
+
+
+@pytest.mark.parametrize("x_shape,o,kernel,strides,pads,steps,dw_steps,knobs", [
+    ((1, 3, 30, 30), 32, (3, 3), (2, 2), (1, 1, 1, 1), (BIAS, RELU6), (BIAS, RELU6), {}),
+    ((2, 3, 29, 31), 7, (3, 3), (2, 2), (1, 0, 2, 1), (BIAS,), (), {}),  # odd, 7 of 8 rows
+    ((1, 4, 12, 40), 5, (3, 3), (1, 1), (1, 1, 1, 1), (), (BIAS, RELU6), {"threads": 5}),
+    ((1, 2, 9, 9), 6, (5, 5), (2, 2), (2, 2, 2, 2), (RELU6,), (RELU6,), {"threads": 8}),
+], ids=str)
+def test_matches_torch(x_shape, o, kernel, strides, pads, steps, dw_steps, knobs):
+    for guard in ("start", "end"):
+        out, ref = _run(x_shape, o, kernel, strides, pads, steps, dw_steps, knobs=knobs,
+                        guard=guard)
+        np.testing.assert_allclose(out, ref, **TOL)
+
+
+@pytest.mark.parametrize("mcpu,flag", [("x86-64-v3", "avx2"), ("x86-64-v4", "avx512f")])
+def test_vector_widths(mcpu, flag):
+    if flag not in cpu_flags():
+        pytest.skip(f"host lacks {flag}")
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
+    out, ref = _run((1, 3, 34, 34), 12, target=target)
+    np.testing.assert_allclose(out, ref, **TOL)
+
+
+def test_other_depthwise_convs_are_refused():
+    spec = _spec(8, 3, (3, 3), (2, 2), (1, 1, 1, 1), (), (),
+                 dw=((3, 3), (2, 2), (1, 1, 1, 1)))
+    arrays = conv_stem_dw.prepare(spec, {"w": np.ones((8, 27), np.float32)}, HOST)
+    with pytest.raises(CompileError, match="must be 3x3, stride 1, padding 1"):
+        conv_stem_dw.build(spec, (1, 3, 16, 16), arrays, HOST)
