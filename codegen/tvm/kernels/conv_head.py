@@ -48,6 +48,10 @@ from sparsec.ops import SparseOpSpec
 
 CHUNK_VECTORS = 8  # linear outputs summed in registers per pass over a panel's channels
 LINE = 16  # floats per cache line
+# The panel's ``ln_w`` slice is prefetched during its own GEMM, a few lines per k step:
+# without, the stream did not overlap the compute (in the model, MobileNetV2-224 at 0%,
+# A/B in one process: 406 us fused against 434 unfused). Prefetched: 258-331 us against
+# 420; a panel ahead 0.90x, two 0.95x, into L1 0.88x, into L3 1.00x of that.
 PREFETCH_LOCALITY = 2  # llvm.prefetch's: into L2 (prefetcht1)
 PREFETCH_AHEAD = 0  # panels
 
@@ -114,7 +118,7 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
 
             def pool_rows(i, pn, rb, m: int, pooled) -> None:
                 """pooled += sum over row block rb's pixels of ep(conv), panel pn's
-                channels; meanwhile the next panel's ``ln_w`` is prefetched into L2."""
+                channels; meanwhile the panel's ``ln_w`` slice is prefetched into L2."""
                 r0 = rb * mr
                 acc = T.decl_buffer((m, nb), F32, scope="local")
                 with T.unroll(0, m) as ii:
@@ -122,7 +126,8 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
                         T.buffer_store(acc, ZERO, [ii, j])
                 with loop(k) as kk:
                     for line in range(lines):
-                        at = (pn + PREFETCH_AHEAD) * slice_ + ((rb * k + kk) * lines + line) * LINE
+                        step = (rb * k + kk) * lines + line
+                        at = (pn + PREFETCH_AHEAD) * slice_ + step * LINE
                         T.evaluate(T.call_llvm_intrin(
                             "void", "llvm.prefetch.p0",
                             lw.access_ptr("r", offset=T.min(at, npanel * slice_ - LINE)),
