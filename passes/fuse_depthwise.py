@@ -218,29 +218,26 @@ class FuseDepthwisePass(FusionPass):
                 self._fuse_projection(graph, node, pj, entries)
                 self.counts["projections"] += 1
         # A depthwise conv with no sparse 1x1 conv before it (MobileNetV2's first block)
-        # joins the projection after it instead.
+        # joins the projection after it instead; left over then, one after a dense kxk conv
+        # (MobileNetV2's stem, when the first block's projection is dense) joins that conv
+        # (``conv_stem_dw``).
+        self._fuse_left(graph, entries, match_depthwise_before, "fused before", True)
+        self._fuse_left(graph, entries, match_conv_depthwise, "fused after conv", False)
+        return sum(self.counts[k] for k in ("fused", "fused before", "fused after conv")) > 0
+
+    def _fuse_left(self, graph: ir.Graph, entries: dict, match, count: str,
+                   before: bool) -> None:
+        """Fuse what ``match`` finds at each SparseConv with no depthwise conv yet (the
+        reasons it gives are counted by the first walk already)."""
         for sparse, entry in _sparse_convs(graph, entries):
             if entry.depthwise is not None:
                 continue
             with self.at(sparse.name, entry.weight):
-                found = match_depthwise_before(sparse)
+                found = match(sparse)
                 if isinstance(found, str):
-                    continue  # counted above
-                self._fuse(graph, sparse, entry, *found, before=True)
-                self.counts["fused before"] += 1
-        # Left over, a depthwise conv after a dense kxk conv (MobileNetV2's stem, when the
-        # first block's projection is dense) joins that conv (``conv_stem_dw``).
-        for sparse, entry in _sparse_convs(graph, entries):
-            if entry.depthwise is not None:
-                continue
-            with self.at(sparse.name, entry.weight):
-                found = match_conv_depthwise(sparse)
-                if isinstance(found, str):
-                    continue  # counted above
-                self._fuse(graph, sparse, entry, *found)
-                self.counts["fused after conv"] += 1
-        return self.counts["fused"] + self.counts["fused before"] + \
-            self.counts["fused after conv"] > 0
+                    continue
+                self._fuse(graph, sparse, entry, *found, before=before)
+                self.counts[count] += 1
 
     def _fuse_projection(self, graph: ir.Graph, node: ir.Node, pj: ir.Node,
                          entries: dict) -> None:

@@ -17,8 +17,10 @@ from sparsec.codegen.tvm.stack_locals import compile_kernel
 from sparsec.formats import pack
 from sparsec.ops import SparseOpSpec, apply_epilogue
 from sparsec.plan import ConvAttrs, EpilogueStep
-from sparsec.targets.cpu import cpu_flags, detect_host, tvm_target
+from sparsec.targets.cpu import detect_host, tvm_target
 from sparsec.testing import guarded_tensor
+
+from isa_targets import ISAS, isa_target
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 HOST = tvm_target(detect_host())
@@ -71,11 +73,9 @@ def test_matches_numpy(x_shape, o, classes, steps, ln_steps, knobs):
     np.testing.assert_allclose(out, ref, **TOL)
 
 
-@pytest.mark.parametrize("mcpu,flag", [("x86-64-v3", "avx2"), ("x86-64-v4", "avx512f")])
+@pytest.mark.parametrize("mcpu,flag", ISAS)
 def test_vector_widths(mcpu, flag):
-    if flag not in cpu_flags():
-        pytest.skip(f"host lacks {flag}")
-    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
+    target = isa_target(mcpu, flag)
     out, ref = _run((1, 32, 7, 7), 72, 100, target=target)
     np.testing.assert_allclose(out, ref, **TOL)
 
