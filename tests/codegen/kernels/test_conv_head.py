@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tvm
 
 from sparsec.codegen.tvm.kernels import conv_head, kernel_for
 from sparsec.codegen.tvm.stack_locals import compile_kernel
