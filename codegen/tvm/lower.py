@@ -165,12 +165,12 @@ def _prepare(proto: onnx.ModelProto, target) -> dict[str, tuple[SparseOpSpec, di
             raise CompileError(f"codegen/tvm: sparse node needs a unique name, got '{node.name}'")
         spec = read_spec(node)
         arrays = {nm.rsplit(".", 1)[-1]: numpy_helper.to_array(inits[nm]) for nm in spec.array_names}
-        pj_names = []  # a fused projection's or head's arrays, prepared with the node's
+        fused_names = []  # a fused projection's or head's arrays, prepared with the node's
         for prefix, fused in (("pj_", spec.project), ("ln_", spec.head)):
             names = fused.array_names if fused else []
             arrays.update({prefix + nm.rsplit(".", 1)[-1]: numpy_helper.to_array(inits[nm])
                            for nm in names})
-            pj_names += names
+            fused_names += names
         try:
             prepared = kernel_for(spec).prepare(spec, arrays, target)
         except Exception as exc:
@@ -184,10 +184,10 @@ def _prepare(proto: onnx.ModelProto, target) -> dict[str, tuple[SparseOpSpec, di
             name = f"{base}.{key}"  # may reuse a packed array's name: the old one is dropped
             added.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
             new_names.append(name)
-        drop.update(spec.array_names + pj_names)
+        drop.update(spec.array_names + fused_names)
         del node.attribute[:]  # read into `spec`; TVM's attr parser rejects empty lists
         x_name = node.input[0]
-        rest = [n for n in node.input[1 + len(spec.array_names):] if n not in pj_names]
+        rest = [n for n in node.input[1 + len(spec.array_names):] if n not in fused_names]
         del node.input[:]
         node.input.extend([x_name, *new_names, *rest])  # the projection's arrays are prepared
         spec.array_names = new_names

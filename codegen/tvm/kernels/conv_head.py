@@ -53,7 +53,6 @@ LINE = 16  # floats per cache line
 # A/B in one process: 406 us fused against 434 unfused). Prefetched: 258-331 us against
 # 420; a panel ahead 0.90x, two 0.95x, into L1 0.88x, into L3 1.00x of that.
 PREFETCH_LOCALITY = 2  # llvm.prefetch's: into L2 (prefetcht1)
-PREFETCH_AHEAD = 0  # panels
 
 
 def prepare(spec: SparseOpSpec, arrays: dict[str, np.ndarray], target) -> dict[str, np.ndarray]:
@@ -89,9 +88,7 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
     npanel, k, nb = (int(d) for d in arrays["w_panels"].shape)
     _, chunks, _, oc = (int(d) for d in arrays["ln_w"].shape)
     lanes = vector_lanes(target, knobs)
-    nvec = max(1, nb // lanes)
-    most = max(1, (vector_registers(target) - nvec - 1) // nvec)
-    mr = min(p, int(knobs.get("mr") or linear_dense.even_tiles(p, most)))
+    mr = linear_dense.tile_rows(p, nb, lanes, vector_registers(target), knobs.get("mr"))
     full, tail = divmod(p, mr)
     tasks = max(1, min(thread_count(target, knobs), npanel))
     ol = hd.out_features
@@ -127,7 +124,7 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
                 with loop(k) as kk:
                     for line in range(lines):
                         step = (rb * k + kk) * lines + line
-                        at = (pn + PREFETCH_AHEAD) * slice_ + step * LINE
+                        at = pn * slice_ + step * LINE
                         T.evaluate(T.call_llvm_intrin(
                             "void", "llvm.prefetch.p0",
                             lw.access_ptr("r", offset=T.min(at, npanel * slice_ - LINE)),

@@ -29,6 +29,7 @@ from tvm.script.ir_builder import tirx as T
 from sparsec.codegen.tvm.kernels import KernelDef
 from sparsec.codegen.tvm.kernels import epilogue as epi
 from sparsec.codegen.tvm.kernels.conv import _cores, simd_lanes
+from sparsec.codegen.tvm.kernels.conv_dw_schedule import zero
 from sparsec.codegen.tvm.kernels.conv_geometry import (
     F32,
     conv_geometry,
@@ -102,9 +103,6 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
             yf = T.decl_buffer((n * o * oh * ow,), F32, data=y.data)
             z = T.decl_buffer((g.z_image + z_slack(seg * vl, vl),), F32)
 
-            def zero(buf, start, size: int) -> None:
-                vloop(size, lambda l: T.buffer_store(buf, ZERO, [start + l]), chunk=vl)
-
             def stem_row(ring, at, u) -> None:
                 """ring[at + channel * row + 1 ...] = ep(conv row u), every channel."""
                 with loop(blocks) as b:
@@ -157,7 +155,7 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
                     lo = T.Bind(t * oh // cores)
                     hi = T.Bind((t + 1) * oh // cores)
                     ring = T.decl_buffer((3 * slot,), F32)
-                    zero(ring, 0, 3 * slot)  # the border columns stay zero
+                    zero(ring, 3 * slot, vl)  # the border columns stay zero
                     with loop(hi - lo + 2) as uu:
                         u = T.Bind(lo - 1 + uu)
                         at = T.Bind(uu % 3 * slot)
@@ -165,7 +163,7 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
                             with T.Then():
                                 stem_row(ring, at, u)
                             with T.Else():  # a padding row
-                                zero(ring, at, slot)
+                                zero(ring, slot, vl, at)
                         with T.If(uu >= 2):
                             with T.Then():
                                 slots = [T.Bind((uu - 2 + d_) % 3 * slot) for d_ in range(3)]

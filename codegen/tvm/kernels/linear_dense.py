@@ -121,14 +121,21 @@ def even_tiles(rows: int, most: int) -> int:
     return rows // tiles if rows % tiles == 0 else most
 
 
+def tile_rows(rows: int, nb: int, lanes: int, registers: int, forced=None) -> int:
+    """Rows of X per micro-tile over a panel ``nb`` lanes wide: ``forced`` (the ``mr``
+    knob), else as many as the register file holds beside the panel's vectors and a
+    broadcast (``even_tiles``); never more than ``rows``."""
+    nvec = max(1, nb // lanes)
+    return min(rows, int(forced or even_tiles(rows, max(1, (registers - nvec - 1) // nvec))))
+
+
 def _body(f: LinearFunc, panel_shape, lanes, registers, threads, knobs, prefetch=True):
     """The GEMM into ``f.Y``; ``prefetch``: the target gains from software prefetches of a
     streamed weight (``linear_common.software_prefetch``)."""
     npanel, k, nb = (int(d) for d in panel_shape)
     rows, out = f.rows, f.o
     nvec = max(1, nb // lanes)
-    mr = int(knobs.get("mr") or even_tiles(rows, max(1, (registers - nvec - 1) // nvec)))
-    mr = min(mr, rows)
+    mr = tile_rows(rows, nb, lanes, registers, knobs.get("mr"))
     nrb = -(-rows // mr)  # row blocks; the last has rows - (nrb-1)*mr rows
     big = npanel * k * nb * 4 >= PREFETCH_MIN_BYTES  # (from memory, not from cache)
     pack = knobs.get("pack")
