@@ -76,7 +76,7 @@ from sparsec.targetspec import (
 )
 
 from .base import SparsecPass
-from .fuse_head import HEAD_KINDS, HEAD_MAX_PIXELS, pooled
+from .fuse_head import HEAD_KINDS, HEAD_MAX_PIXELS, pooled, shared
 from .weights import WeightOp, is_pointwise, nodes_by_name, weight_op_for
 
 
@@ -113,7 +113,7 @@ def weights_resident(entries: Iterable[PlanEntry], target: TargetSpec,
     ms) over a dense GEMV that took 0.111 (measured on AVX2, Zen 3, 32 MiB L3). The dense
     bytes bound what the layouts store, so a model that fits dense fits whatever is picked.
     But what a call writes passes through the cache too: MobileNetV2-224's 13 MiB of weights
-    fit a 32 MiB L3, its ops' outputs (37 MiB a call) push them out, and its classifier
+    fit a 32 MiB L3, its ops' outputs (25.5 MiB a call) push them out, and its classifier
     (1000x1280 at density 0.2, one row) took 125 us dense in the model against 68 us as csr
     (Zen 4, in-model A/B in one process) where the resident pricing had picked dense."""
     c = target.cost
@@ -358,16 +358,17 @@ class ChooseLayoutsPass(SparsecPass):
     def _head_conv(self, entry: PlanEntry, wop: WeightOp, tails: dict, graph, by_name
                    ) -> PlanEntry | None:
         """The dense conv whose pooled output this linear reads, when ``fuse_head`` will fuse
-        them if the linear stays dense too: its weight then streams in while the conv
-        computes, as from the cache (``passes/fuse_head.py``). Entries come in graph order,
-        so the conv's layout is chosen already."""
+        them if the linear stays dense too (``fuse_head.match_head``'s conditions, on the
+        graph before lowering): its weight then streams in while the conv computes, as from
+        the cache. Entries come in graph order, so the conv's layout is chosen already."""
         o = self.options
-        if entry.op == "Conv" or not (o.fuse_head and o.fuse_epilogues):
+        if (entry.op == "Conv" or not (o.fuse_head and o.fuse_epilogues)
+                or any(s.op == "residual" for s in entry.epilogue)):
             return None
         found = pooled(by_name[entry.node])
         conv = tails.get(found[0].name) if found and found[0] is not None else None
-        if conv is None or parse_layout(conv.layout).kind not in HEAD_KINDS \
-                or not is_pointwise(conv.conv):
+        if (conv is None or parse_layout(conv.layout).kind not in HEAD_KINDS
+                or not is_pointwise(conv.conv) or shared(*found) is not None):
             return None
         pixels = kernel_rows(weight_op_for(graph, conv.node, by_name)) // max(1, kernel_rows(wop))
         return conv if pixels <= HEAD_MAX_PIXELS else None

@@ -81,10 +81,18 @@ def match_head(linear: ir.Node) -> tuple[ir.Node, list[ir.Node]] | str | None:
     if x is None or not x.is_static() or tuple(int(d) for d in x) != (n, o) \
             or a.get_int("in_features") != o:
         return f"the linear does not read [{n}, {o}]"
-    for value in (conv.outputs[0], *(b.outputs[0] for b in between)):
-        if _single_use(value) is None:
-            return f"{value.name} has another use or is a graph output"
+    if (value := shared(conv, between)) is not None:
+        return f"{value.name} has another use or is a graph output"
     return conv, between
+
+
+def shared(source: ir.Node, between: list[ir.Node]) -> ir.Value | None:
+    """The first value from ``source`` through the pool and reshape nodes to the linear that
+    has another use or is a graph output (the fusion would drop it), or None."""
+    for value in (source.outputs[0], *(b.outputs[0] for b in between)):
+        if _single_use(value) is None:
+            return value
+    return None
 
 
 def _is_pool(node: ir.Node) -> bool:

@@ -125,17 +125,19 @@ def test_what_a_call_writes_and_a_fused_head_count_for_the_cache(tools):
     """What a call writes passes through the cache too: a 4 MiB weight with a conv writing 4
     MiB beside it no longer fits 6 MiB, and goes csr. A dense linear reading a dense 1x1
     conv's mean pool (``fuse_head``) is priced as cached anyway: its weight streams while
-    the conv computes. Not when the fusion is off or the conv is not dense."""
+    the conv computes. Not when the fusion is off, the conv is not dense or the pool's output
+    has another use (as ``fuse_head`` decides)."""
     w = sparse((1024, 1024), 0.3)
 
-    def head(side, llc_mib, **opts):
+    def head(side, llc_mib, extra_use=False, **opts):
         nodes = [helper.make_node("Conv", ["img", "cw"], ["c"], name="conv"),
                  helper.make_node("Relu", ["c"], ["r"], name="act"),
                  helper.make_node("GlobalAveragePool", ["r"], ["m"], name="pool"),
                  helper.make_node("Flatten", ["m"], ["f"], name="flat"),
                  helper.make_node("Gemm", ["f", "w"], ["y"], transB=1, name="fc")]
         cw = rng.standard_normal((1024, 16, 1, 1)).astype(np.float32)
-        m = tools.model(nodes, {"img": (1, 16, side, side)}, ["y"], {"cw": cw, "w": w})
+        m = tools.model(nodes, {"img": (1, 16, side, side)}, ["y", "m"] if extra_use else ["y"],
+                        {"cw": cw, "w": w})
         ShapesPass()(m)
         plan = Plan(target="cpu")
         AnalyzeSparsityPass(plan)(m)
@@ -151,6 +153,7 @@ def test_what_a_call_writes_and_a_fused_head_count_for_the_cache(tools):
     assert fused.layout == "dense" and "weights stream during conv's GEMM" in fused.reason
     assert head(16, 5, fuse_head=False)["w"].layout == "csr"
     assert head(16, 5, layouts={"conv": "csr"})["w"].layout == "csr"
+    assert head(16, 5, extra_use=True)["w"].layout == "csr"  # the pool's output is kept
 
 
 def test_structured_layouts_win_when_their_rate_is_high(tools):
