@@ -44,7 +44,9 @@ loops), ``expand_lanes`` (pixels per expand tile only; overrides ``tile_lanes`` 
 ``tasks_per_core`` (channel blocks are split into this many tasks per core), ``band_rows``
 (0: channel tasks), ``deinterleave`` (stride 2: copy X's rows deinterleaved),
 ``expand_rows`` (channels of a dense block accumulated per pass: all, or half where
-``conv_dw_rows.half_block_lanes`` finds tiles of whole vectors). On
+``conv_dw_rows.half_block_lanes`` finds tiles of whole vectors), ``z_pitch`` (Z's rows
+padded to whole vectors) and ``dw_lanes`` (lanes of a depthwise tile; both
+``conv_dw_rows.z_rows``). On
 MobileNetV2-224 at 90%, tile_lanes 32/64/128 and tasks_per_core 2/4/8 measured within noise.
 At 0% (dense expand, AVX2, Zen 3, kernels A/B in one process, before rows were padded) the
 expand tile mattered and no single width won: ``expand_lanes`` 8 against the default 16
@@ -79,6 +81,7 @@ from sparsec.codegen.tvm.kernels.conv_dw_rows import (
     pad_rows_default,
     row_tiles,
     tiles,
+    z_rows,
 )
 from sparsec.codegen.tvm.kernels.conv_dw_schedule import band_rows, emit_bands, emit_channel_tasks
 from sparsec.codegen.tvm.kernels.conv_inner import _i32, _pow2_floor, _zero, acc_vectors, span
@@ -167,6 +170,7 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
     if g.s == 2:
         budget -= budget % 2
         e_budget -= e_budget % 2
+    zq, dw_budget = z_rows(g, vl, budget, knobs)
     pad = bool(knobs.get("pad_rows", pad_rows_default(g, sub, e_budget, vl, before)))
     pad = pad and g.w % vl != 0
     wp = _round_up(g.w, vl) if pad else g.w
@@ -211,9 +215,9 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
             xp = T.decl_buffer((g.c * g.h * wp,), F32) if copy else None
             proj = None if pj is None else Projection(pj, bufs, g.e, group, vl, yf, pj_bias,
                                                       pj_res)
-            k = _Fused(g, vl, budget, e_budget, rows, bufs, xf if xp is None else xp, yf,
+            k = _Fused(g, vl, dw_budget, e_budget, rows, bufs, xf if xp is None else xp, yf,
                        bias, dbias, [] if before else spec.epilogue, spec.dw_epilogue, proj,
-                       before, wp, deinterleave, band or g.oh, sub)
+                       before, wp, deinterleave, band or g.oh, sub, zq)
             with T.serial(g.n) as n:
                 if xp is not None:
                     copy_rows(xf, xp, g, n, wp, vl, deinterleave)
@@ -244,6 +248,7 @@ class _Fused:
     deinterleaved: bool  # ``xf`` holds each row's even columns first, then its odd ones
     band: int  # output rows that Z holds: OH, or a band's (``band_rows``)
     sub: int  # channels per expand pass: ``rows``, or half a dense block (``half_block_lanes``)
+    zq: int  # a Z plane's row pitch: its columns ``g.wq``, or those rounded up to whole vectors
 
     @property
     def copied(self) -> bool:
@@ -257,12 +262,12 @@ class _Fused:
 
     @property
     def plane(self) -> int:
-        return self.hq * self.g.wq
+        return self.hq * self.zq
 
     @property
     def z_size(self) -> int:
         # rows-mode tiles read up to (kw - 1) // s past a plane's end (junk columns)
-        return self.g.s * self.g.s * self.plane + self.g.wq + 64
+        return self.g.s * self.g.s * self.plane + self.zq + 64
 
     # ------------------------------------------------------------ expand: X -> Z interior
 
@@ -314,7 +319,7 @@ class _Fused:
             for r in range(rows):
                 pu = T.Bind(u0 + r + g.pt)
                 row = T.Bind(rr * self.z_size + pu % g.s * (g.s * self.plane)
-                             + (pu // g.s - row0) * g.wq)
+                             + (pu // g.s - row0) * self.zq)
                 self._scatter(z, row, stage, r * colsp, v0, cols)
 
         if self.identity:  # one channel per block
@@ -399,14 +404,14 @@ class _Fused:
         """D[ch] from channel ch's Z (at ``z0``) into ``out[ybase:]`` (the band's rows x
         OW)."""
         g = self.g
-        mode = tiles(self.band, g.wq, self.budget)
+        mode = tiles(self.band, self.zq, self.budget)
         if mode[0] == "rows":
             row_tiles(mode, lambda u0, r: self._dw_rows(z, z0, ch, out, ybase, u0, r))
         else:
             segs = [(c0, min(self.budget, g.ow - c0)) for c0 in range(0, g.ow, self.budget)]
             with T.serial(self.band) as oh:
                 for c0, width in segs:
-                    acc = self._taps(z, ch, T.Bind(z0 + oh * g.wq + c0), width)
+                    acc = self._taps(z, ch, T.Bind(z0 + oh * self.zq + c0), width)
                     yoff = T.Bind(ybase + oh * g.ow + c0)
                     vloop(width, lambda l: T.buffer_store(out, self._ep(acc[l], ch),
                                                           [yoff + l]))
@@ -417,7 +422,7 @@ class _Fused:
         vloop(width, lambda l: T.buffer_store(acc, tirx.const(0.0, F32), [l]))
         for i in range(g.kh):
             for j in range(g.kw):
-                shift = ((i % g.s) * g.s + j % g.s) * self.plane + (i // g.s) * g.wq + j // g.s
+                shift = ((i % g.s) * g.s + j % g.s) * self.plane + (i // g.s) * self.zq + j // g.s
                 wv = T.Bind(wd[ch, 0, i, j])
                 off = T.Bind(q0 + shift)
                 vloop(width, lambda l: T.buffer_store(acc, acc[l] + wv * z[off + l], [l]))
@@ -429,13 +434,13 @@ class _Fused:
 
     def _dw_rows(self, z, z0: int, ch, out, ybase, oh0, rows: int) -> None:
         g = self.g
-        width = rows * g.wq
-        acc = self._taps(z, ch, T.Bind(z0 + oh0 * g.wq), width)
+        width = rows * self.zq
+        acc = self._taps(z, ch, T.Bind(z0 + oh0 * self.zq), width)
         stage = T.decl_buffer((width,), F32, scope="local")
         vloop(width, lambda l: T.buffer_store(stage, self._ep(acc[l], ch), [l]))
         for r in range(rows):
             yoff = T.Bind(ybase + (oh0 + r) * g.ow)
-            vloop(g.ow, lambda l: T.buffer_store(out, stage[r * g.wq + l], [yoff + l]))
+            vloop(g.ow, lambda l: T.buffer_store(out, stage[r * self.zq + l], [yoff + l]))
 
 
 def _with_projection(prepare):

@@ -89,6 +89,12 @@ CASES = [  # x shape, E, stride, pads, kernel, knobs
     ((1, 8, 20, 30), 16, 2, (1, 1, 1, 1), (3, 3), {"tile_lanes": 12}),  # segments + tails
     ((1, 8, 20, 30), 16, 1, (1, 1, 1, 1), (3, 3), {"tile_lanes": 7, "threads": 3}),
     ((1, 4, 1, 2), 3, 2, (1, 1, 1, 1), (3, 3), {}),  # tiny
+    # Z rows of whole vectors (``z_rows``), as AVX-512 picks them, on any host
+    ((1, 8, 28, 28), 24, 1, (1, 1, 1, 1), (3, 3), {"z_pitch": True, "dw_lanes": 128}),
+    ((1, 8, 28, 28), 24, 2, (1, 1, 1, 1), (3, 3), {"z_pitch": True}),
+    ((1, 6, 10, 12), 9, 2, (2, 2, 2, 2), (5, 5), {"z_pitch": True, "dw_lanes": 40}),
+    ((1, 8, 20, 30), 16, 1, (1, 1, 1, 1), (3, 3), {"z_pitch": True, "dw_lanes": 12}),
+    ((1, 24, 56, 56), 32, 1, (1, 1, 1, 1), (3, 3), {"z_pitch": False}),
 ]
 DENSE_CASES = [  # x shape, E, stride, knobs: rows of X padded to whole vectors or not
     ((1, 8, 14, 14), 20, 1, {}),  # padded (a row of 14 would take 18 accumulators)
@@ -245,6 +251,8 @@ def test_deinterleaved_rows(case):
     ((1, 8, 16, 16), 20, 2, "dense", {"band_rows": 1}),
     ((1, 16, 112, 112), 24, 2, "chw-spmm", {}),  # bands by default, rows deinterleaved
     ((1, 8, 12, 12), 100, 1, "csr", {"band_rows": 3}),  # two projection groups per band
+    ((1, 8, 28, 28), 24, 1, "dense", {"band_rows": 7, "z_pitch": True}),
+    ((1, 8, 28, 28), 24, 2, "csr", {"band_rows": 2, "z_pitch": True}),
 ], ids=str)
 def test_bands(case):
     """Tasks over bands of output rows: each band computes its expand rows and halo into
@@ -307,6 +315,7 @@ def _run_before(x_shape, o, stride=1, pads=(1, 1, 1, 1), kernel=(3, 3), layout="
     ((2, 6, 20, 24), 5, 2, "csr", {"band_rows": 2, "threads": 3}),
     ((1, 6, 20, 24), 5, 2, "chw-spmm", {"band_rows": 0, "deinterleave": True}),
     ((1, 6, 9, 14), 7, 1, "csr", {"pad_rows": True}),
+    ((1, 6, 28, 28), 7, 1, "csr", {"z_pitch": True, "dw_lanes": 128}),
 ], ids=str)
 def test_depthwise_before(case):
     """No expand conv: Z takes X's channels as they are, and the 1x1 conv is the node's."""
@@ -318,6 +327,21 @@ def test_depthwise_before(case):
     np.testing.assert_allclose(out, ref, **TOL)
 
 
+@pytest.mark.parametrize("h, stride, vl, pitch, lanes", [
+    (56, 1, 16, 64, 128),  # 58 columns as 64: 10% more; twice the lanes at stride 1
+    (28, 1, 16, 32, 128),
+    (28, 2, 16, 16, 64),  # planes of 15 columns as 16; stride 2 keeps the lanes
+    (7, 1, 16, 9, 64),  # 9 as 16: too much waste
+    (14, 1, 16, 16, 64),  # whole vectors already: tiles as before
+    (28, 1, 8, 30, 32),  # AVX2 keeps its rows
+])
+def test_z_rows(h, stride, vl, pitch, lanes):
+    g = _geometry(h, h, stride)
+    assert conv_dw_rows.z_rows(g, vl, 4 * vl, {}) == (pitch, lanes)
+    assert conv_dw_rows.z_rows(g, vl, 4 * vl, {"z_pitch": False, "dw_lanes": 24}) == (
+        g.wq, 24)
+
+
 @pytest.mark.parametrize("guard", ["start", "end"])
 def test_no_stray_access(guard):
     """Every buffer against an unreadable page (``sparsec.testing``): the deinterleaving
@@ -326,6 +350,8 @@ def test_no_stray_access(guard):
                              knobs={"deinterleave": True, "band_rows": 2}, guard=guard),
                 lambda: _run((2, 8, 14, 14), 20, 1, layout="dense", density=1.0,
                              knobs={"pad_rows": True}, guard=guard),
+                lambda: _run((1, 8, 28, 30), 12, 1, layout="dense", density=1.0,
+                             knobs={"z_pitch": True, "dw_lanes": 128}, guard=guard),
                 lambda: _run_before((1, 6, 20, 24), 5, 2, knobs={"deinterleave": True},
                                     guard=guard)):
         out, ref = run()
