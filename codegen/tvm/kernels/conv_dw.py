@@ -180,7 +180,7 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
     cores = _cores(target, knobs)
     blocks = -(-g.e // rows)
     o_out = pj.out_features if pj else g.e
-    band = band_rows(g, o_out, cores, knobs) if pj else 0
+    band = band_rows(g, o_out if pj else None, cores, knobs)
     group = group_channels(spec, dense) if pj else 1
     if pj and (arrays["pj_gptr"].shape[0] - 1) != -(-g.e // group) * o_out:
         raise CompileError(f"codegen/tvm: SparseConv {spec.entry}: the projection's arrays "

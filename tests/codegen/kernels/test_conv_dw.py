@@ -263,6 +263,20 @@ def test_bands(case):
     np.testing.assert_allclose(out, ref, **TOL)
 
 
+@pytest.mark.parametrize("case", [
+    ((1, 16, 112, 112), 12, 2, "dense", {}),  # X outgrows half of L2: bands by default
+    ((1, 8, 28, 28), 20, 1, "dense", {"band_rows": 4}),
+    ((2, 6, 20, 24), 12, 2, "csr", {"band_rows": 2, "threads": 3}),
+    ((1, 8, 28, 28), 24, 1, "chw-spmm", {"band_rows": 7, "z_pitch": True}),
+], ids=str)
+def test_bands_without_projection(case):
+    """Bands store the depthwise conv's rows of each channel straight into Y."""
+    shape, e, stride, layout, knobs = case
+    out, ref = _run(shape, e, stride, layout=layout, density=0.5 if layout != "dense" else 1,
+                    knobs=knobs)
+    np.testing.assert_allclose(out, ref, **TOL)
+
+
 def test_band_choice():
     """Bands only where a task's sums of the whole projection outgrow L2; of two rows or
     more, dividing OH, every core the same number of bands where one divides."""
@@ -271,6 +285,15 @@ def test_band_choice():
     assert conv_dw_schedule.band_rows(g, 16, 2, {}) == 14  # 8 bands of 16 x 14 x 112 floats
     assert conv_dw_schedule.band_rows(g, 4, 2, {}) == 0  # 4 x 112 x 112 floats fit
     assert conv_dw_schedule.band_rows(g, 16, 2, {"band_rows": 7}) == 7
+    # no projection: bands where X (here 32 x 112 x 112 floats) outgrows half of L2, of at
+    # most BAND_PART_BYTES of X's rows (9 rows of 32 x 112 for 7 output rows)
+    assert conv_dw_schedule.band_rows(g, None, 2, {}) == 7
+    s2 = conv_dw.dw_geometry(ConvAttrs((3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 96),
+                             (1, 16, 112, 112), 96, "e")
+    assert conv_dw_schedule.band_rows(s2, None, 2, {}) == 7  # 15 rows of 16 x 112: 8 bands
+    small = conv_dw.dw_geometry(ConvAttrs((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 144),
+                                (1, 24, 56, 56), 144, "e")
+    assert conv_dw_schedule.band_rows(small, None, 2, {}) == 0  # 0.3 MB of X: channel tasks
     with pytest.raises(CompileError, match="band_rows 5 does not divide 112"):
         conv_dw_schedule.band_rows(g, 16, 2, {"band_rows": 5})
 
