@@ -38,7 +38,8 @@ it, the stem, when it is 3x3 with stride 1 and padding 1 (``match_conv_depthwise
         with the dw_* attributes
 
 and the stem's output never goes to memory (``codegen/tvm/kernels/conv_stem_dw.py``).
-Counted as ``fused after conv``.
+Counted as ``fused after conv``. Its projection then joins as above, dense too: the
+kernel computes it row by row from the depthwise row in L1.
 
 The Plan records the fusions (``entry.depthwise``; the projection's entry gets
 ``fused_into``); the fused node's output takes the last fused value, as
@@ -174,17 +175,17 @@ def _depthwise(dw: ir.Node, channels: int) -> tuple[ir.Node, list[ir.Node],
     return dw, nodes, steps
 
 
-def match_projection(fused: ir.Node) -> ir.Node | str:
-    """The sparse 1x1 SparseConv that reads ``fused``'s output (the block's projection),
-    or why not."""
+def match_projection(fused: ir.Node, kinds=PROJECTION_KINDS) -> ir.Node | str:
+    """The 1x1 SparseConv with a layout of ``kinds`` that reads ``fused``'s output (the
+    block's projection), or why not."""
     pj = _single_use(fused.outputs[0])
     if pj is None or pj.domain != ops.DOMAIN or pj.op_type != ops.CONV \
             or pj.inputs[0] is not fused.outputs[0]:
         return "the output does not feed exactly one SparseConv"
     a = pj.attributes
     kind = parse_layout(a.get_string("layout")).kind
-    if kind not in PROJECTION_KINDS:
-        return f"projection layout {a.get_string('layout')} is not {' or '.join(PROJECTION_KINDS)}"
+    if kind not in kinds:
+        return f"projection layout {a.get_string('layout')} is not {' or '.join(kinds)}"
     if (tuple(a.get_ints("kernel_shape")) != (1, 1) or tuple(a.get_ints("strides")) != (1, 1)
             or any(a.get_ints("pads")) or a.get_strings("dw_epilogue", None) is not None):
         return "the next SparseConv is not a plain 1x1 conv with stride 1 and no padding"
@@ -221,14 +222,18 @@ class FuseDepthwisePass(FusionPass):
         # joins the projection after it instead; left over then, one after a dense kxk conv
         # (MobileNetV2's stem, when the first block's projection is dense) joins that conv
         # (``conv_stem_dw``).
+        # The dense projection after that one joins too (``conv_stem_dw`` computes it row
+        # by row from the depthwise row in L1).
         self._fuse_left(graph, entries, match_depthwise_before, "fused before", True)
-        self._fuse_left(graph, entries, match_conv_depthwise, "fused after conv", False)
+        self._fuse_left(graph, entries, match_conv_depthwise, "fused after conv", False,
+                        projection=("dense",))
         return sum(self.counts[k] for k in ("fused", "fused before", "fused after conv")) > 0
 
     def _fuse_left(self, graph: ir.Graph, entries: dict, match, count: str,
-                   before: bool) -> None:
+                   before: bool, projection=()) -> None:
         """Fuse what ``match`` finds at each SparseConv with no depthwise conv yet (the
-        reasons it gives are counted by the first walk already)."""
+        reasons it gives are counted by the first walk already), and then the projection
+        after it when its layout is one of ``projection``."""
         for sparse, entry in _sparse_convs(graph, entries):
             if entry.depthwise is not None:
                 continue
@@ -236,8 +241,16 @@ class FuseDepthwisePass(FusionPass):
                 found = match(sparse)
                 if isinstance(found, str):
                     continue
-                self._fuse(graph, sparse, entry, *found, before=before)
+                node = self._fuse(graph, sparse, entry, *found, before=before)
                 self.counts[count] += 1
+                if not projection:
+                    continue
+                pj = match_projection(node, projection)
+                if isinstance(pj, str):
+                    self.counts[f"projection kept: {pj}"] += 1
+                    continue
+                self._fuse_projection(graph, node, pj, entries)
+                self.counts["projections"] += 1
 
     def _fuse_projection(self, graph: ir.Graph, node: ir.Node, pj: ir.Node,
                          entries: dict) -> None:

@@ -224,7 +224,8 @@ def stem(tools, dw_stride=1):
                                                   ("dense", 2, None)])
 def test_depthwise_after_a_dense_kxk_conv(tools, proj, dw_stride, fused):
     """A stem's depthwise conv joins the stem when the projection after it is dense (a
-    sparse one takes it first, ``dw_before``); only 3x3 stride 1 depthwise convs."""
+    sparse one takes it first, ``dw_before``), and that dense projection joins too; only
+    3x3 stride 1 depthwise convs."""
     from sparsec.passes.fuse_depthwise import match_conv_depthwise
 
     m = stem(tools, dw_stride)
@@ -239,6 +240,9 @@ def test_depthwise_after_a_dense_kxk_conv(tools, proj, dw_stride, fused):
         dw = entries["stem"].depthwise
         assert (dw.node, dw.before, dw.fused_nodes) == ("dw", False, ["dw_act"])
         assert "Conv" not in tools.op_types(lm)
+        assert entries["proj"].fused_into == "stem"
+        (node,) = tools.sparse_nodes(lm)  # one kernel: stem, depthwise conv, projection
+        assert node.attributes.get_string("pj_layout") == "dense"
     if dw_stride == 2:
         node = next(n for n in tools.sparse_nodes(lm) if n.name == "stem")
         assert "not a 3x3 conv with stride 1" in match_conv_depthwise(node)

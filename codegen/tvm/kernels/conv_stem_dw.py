@@ -17,6 +17,17 @@ The conv row is register-blocked: ``CB`` channels by a segment of the row (up to
 vectors) accumulate over the kh*kw*C taps, each a contiguous run of Z. The ring's rows are
 zero-bordered left and right, so the depthwise taps are contiguous runs too. Depthwise:
 3x3, stride 1, padding 1 (the block's), checked here and by the pass.
+
+With a fused dense 1x1 projection (``spec.project``, MobileNetV2's first block at 0-50%:
+32 -> 16 channels at 112x112) the depthwise row goes into a row buffer of the task's own
+instead of Y, and the projection's row is computed from it right away, register-blocked
+as the conv row (``CB`` output channels by a segment), through its epilogue into Y:
+
+        D[all channels] = ep_d(taps over S)             # a row buffer, in L1
+        Y[n, :, row u - 1] = ep_p(Wp @ D)
+
+so neither the stem's output nor the depthwise conv's (32 x 112 x 112 floats each) is
+written out.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ from sparsec.codegen.tvm.kernels.conv_geometry import (
 )
 from sparsec.codegen.tvm.kernels.linear_common import ZERO, loop, vector_registers
 from sparsec.errors import CompileError
+from sparsec.layouts import parse_layout
 from sparsec.ops import SparseOpSpec
 
 SEG = 7  # vectors of a conv row per register tile (a 112-pixel row on AVX-512)
@@ -52,31 +64,45 @@ def _blocking(registers: int) -> tuple[int, int]:
     return 2, min(SEG, max(1, registers // 4))
 
 
-def prepare(spec: SparseOpSpec, arrays: dict[str, np.ndarray], target):
-    """w [O, K] -> [blocks, K, CB] (zero channels pad the last block)."""
-    w = np.asarray(arrays["w"], np.float32)
+def _blocks(w: np.ndarray, target) -> np.ndarray:
+    """[O, K] -> [blocks, K, CB] (zero channels pad the last block)."""
+    w = np.asarray(w, np.float32)
     o, k = w.shape
     cb = min(o, _blocking(vector_registers(target))[0])
     blocks = -(-o // cb)
     padded = np.zeros((blocks * cb, k), np.float32)
     padded[:o] = w
-    return {"w": np.ascontiguousarray(padded.reshape(blocks, cb, k).transpose(0, 2, 1))}
+    return np.ascontiguousarray(padded.reshape(blocks, cb, k).transpose(0, 2, 1))
+
+
+def prepare(spec: SparseOpSpec, arrays: dict[str, np.ndarray], target):
+    """w [O, K] -> [blocks, K, CB]; a fused dense projection's pj_w [P, O] -> the same
+    blocking of its P channels."""
+    out = {"w": _blocks(arrays["w"], target)}
+    if spec.project is not None:
+        if parse_layout(spec.project.layout).kind != "dense" or "pj_w" not in arrays:
+            raise CompileError(f"codegen/tvm: SparseConv {spec.entry}: a projection fused "
+                               f"after a kxk conv must be dense, got {spec.project.layout}")
+        out["pj_w"] = _blocks(arrays["pj_w"], target)
+    return out
 
 
 def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
           knobs=None) -> tirx.PrimFunc:
-    """PrimFunc ``(x, w, [bias], dw_weight, [dw_bias], y)``."""
+    """PrimFunc ``(x, w, [pj_w], [bias], dw_weight, [dw_bias], [pj_bias], [pj_residual],
+    y)``; Y has the projection's channels when one is fused."""
     knobs = dict(knobs or {})
     vl = simd_lanes(target, knobs)
-    d = spec.depthwise
+    d, pj = spec.depthwise, spec.project
     if (tuple(d.kernel_shape) != (3, 3) or tuple(d.strides) != (1, 1)
-            or tuple(d.pads) != (1, 1, 1, 1) or spec.has_residual or spec.project):
+            or tuple(d.pads) != (1, 1, 1, 1) or spec.has_residual):
         raise CompileError(f"codegen/tvm: SparseConv {spec.entry}: a depthwise conv after a "
                            f"{tuple(spec.conv.kernel_shape)} conv must be 3x3, stride 1, "
-                           f"padding 1, with no residual or projection")
+                           f"padding 1, with no residual")
     g = conv_geometry(spec.conv, in_shape, spec.out_features, spec.in_features, spec.entry,
                       vl, None)
     o, oh, ow, n = g.o, g.oh, g.ow, g.n
+    p_out = pj.out_features if pj else o
     blocks, k, cb = (int(v) for v in arrays["w"].shape)
     seg = _blocking(vector_registers(target))[1]
     segs = [(s0, min(seg * vl, ow - s0)) for s0 in range(0, ow, seg * vl)]
@@ -95,12 +121,21 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
             T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
             x = T.arg("x", T.buffer((n, g.c, g.h, g.w), F32))
             wb = T.arg("w", T.buffer((blocks, k, cb), F32))
+            pw = None if pj is None else T.arg("pj_w", T.buffer(arrays["pj_w"].shape, F32))
             bias = T.arg("bias", T.buffer((o,), F32)) if spec.has_bias else None
             wd = T.arg("dw_weight", T.buffer((o, 1, 3, 3), F32))
             dbias = T.arg("dw_bias", T.buffer((o,), F32)) if spec.has_dw_bias else None
-            y = T.arg("y", T.buffer((n, o, oh, ow), F32))
+            pbias = res = pres = None
+            if pj is not None:
+                if pj.has_bias:
+                    pbias = T.arg("pj_bias", T.buffer((p_out,), F32))
+                if pj.has_residual:
+                    res = T.arg("pj_residual", T.buffer((n, p_out, oh, ow), F32))
+            y = T.arg("y", T.buffer((n, p_out, oh, ow), F32))
+            if res is not None:
+                pres = T.decl_buffer((n * p_out * oh * ow,), F32, data=res.data)
             xf = T.decl_buffer((n * g.c * g.h * g.w,), F32, data=x.data)
-            yf = T.decl_buffer((n * o * oh * ow,), F32, data=y.data)
+            yf = T.decl_buffer((n * p_out * oh * ow,), F32, data=y.data)
             z = T.decl_buffer((g.z_image + z_slack(seg * vl, vl),), F32)
 
             def stem_row(ring, at, u) -> None:
@@ -132,8 +167,9 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
                             else:
                                 put()
 
-            def dw_row(ring, slots, v, i) -> None:
-                """D[i, :, v] from the ring slots holding stem rows v-1, v, v+1."""
+            def dw_row(ring, slots, v, i, out) -> None:
+                """D[i, :, v] from the ring slots holding stem rows v-1, v, v+1, into Y, or
+                with a projection into ``out`` (channel c's row at c * ow)."""
                 with loop(o) as c:
                     for s0, width in segs:
                         acc = T.decl_buffer((width,), F32, scope="local")
@@ -144,10 +180,45 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
                                 wv = T.Bind(wd[c, 0, di, dj])
                                 vloop(width, lambda l, wv=wv, src=src, dj=dj: T.buffer_store(
                                     acc, acc[l] + wv * ring[src + dj + l], [l]))
-                        dst = T.Bind(((i * o + c) * oh + v) * ow + s0)
+                        if out is None:
+                            dst, buf = T.Bind(((i * o + c) * oh + v) * ow + s0), yf
+                        else:
+                            dst, buf = T.Bind(c * ow + s0), out
                         b_ = dbias[c] if dbias is not None else None
-                        vloop(width, lambda l: T.buffer_store(
-                            yf, epi.emit(acc[l], spec.dw_epilogue, bias=b_), [dst + l]))
+                        vloop(width, lambda l, dst=dst, buf=buf, b_=b_: T.buffer_store(
+                            buf, epi.emit(acc[l], spec.dw_epilogue, bias=b_), [dst + l]))
+
+            def project_row(drow, v, i) -> None:
+                """Y[i, :, v] = ep_p(Wp @ the depthwise row), CB output channels by a
+                segment at a time."""
+                pblocks, _, pcb = (int(e) for e in arrays["pj_w"].shape)
+                with loop(pblocks) as b:
+                    for s0, width in segs:
+                        acc = T.decl_buffer((pcb, width), F32, scope="local")
+                        for r in range(pcb):
+                            vloop(width, lambda l, r=r: T.buffer_store(acc, ZERO, [r, l]))
+                        with loop(o) as c:
+                            src = T.Bind(c * ow + s0)
+                            for r in range(pcb):
+                                wv = T.Bind(pw[b, c, r])
+                                vloop(width, lambda l, r=r, wv=wv, src=src: T.buffer_store(
+                                    acc, acc[r, l] + wv * drow[src + l], [r, l]))
+                        for r in range(pcb):
+                            ch = b * pcb + r
+
+                            def put(ch=ch, r=r) -> None:
+                                dst = T.Bind(((i * p_out + ch) * oh + v) * ow + s0)
+                                b_ = pbias[ch] if pbias is not None else None
+                                vloop(width, lambda l: T.buffer_store(yf, epi.emit(
+                                    acc[r, l], pj.epilogue, bias=b_,
+                                    residual=pres[dst + l] if pres is not None else None),
+                                    [dst + l]))
+                            if p_out % pcb:
+                                with T.If(ch < p_out):
+                                    with T.Then():
+                                        put()
+                            else:
+                                put()
 
             with loop(n) as i:
                 emit_z_fill(g, xf, z, i, vl)
@@ -156,6 +227,7 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
                     hi = T.Bind((t + 1) * oh // cores)
                     ring = T.decl_buffer((3 * slot,), F32)
                     zero(ring, 3 * slot, vl)  # the border columns stay zero
+                    drow = None if pj is None else T.decl_buffer((o * ow,), F32)
                     with loop(hi - lo + 2) as uu:
                         u = T.Bind(lo - 1 + uu)
                         at = T.Bind(uu % 3 * slot)
@@ -167,7 +239,9 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
                         with T.If(uu >= 2):
                             with T.Then():
                                 slots = [T.Bind((uu - 2 + d_) % 3 * slot) for d_ in range(3)]
-                                dw_row(ring, slots, u - 1, i)
+                                dw_row(ring, slots, u - 1, i, drow)
+                                if pj is not None:
+                                    project_row(drow, u - 1, i)
     return ib.get()
 
 
