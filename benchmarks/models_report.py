@@ -32,6 +32,7 @@ class Row:
     # round cancels the host's drift; the spread says how far one run can be trusted.
     ratios: dict[str, list[float]] = field(default_factory=dict)
     pairs: int = 0  # process pairs behind the DeepSparse ratio (``models.SECOND_LOOK``)
+    rounds: int = 0  # rounds of each pair (``models.paired_rounds``); 0: one block a process
 
     def speedup(self, peer: str = "onnxruntime") -> float | None:
         """The median per-round (or per-pair) ratio peer ms / sparsec ms, else the ratio of
@@ -48,7 +49,10 @@ class Row:
         if peer not in self.ratios:
             return ""
         _, lo, hi = self.ratios[peer]
-        pairs = f"; {self.pairs} pairs" if peer == "deepsparse" and self.pairs else ""
+        pairs = ""
+        if peer == "deepsparse" and self.pairs:
+            rounds = f" of {self.rounds} rounds" if self.rounds else ""
+            pairs = f"; {self.pairs} pairs{rounds}"
         return f" ({lo:.2f}-{hi:.2f}{pairs})"
 
 

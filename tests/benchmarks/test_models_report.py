@@ -1,11 +1,15 @@
 """The end-to-end benchmark's report (``benchmarks.models_report``): goals are judged on the
 measured speed-up."""
 
+import inspect
+import sys
+
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from benchmarks import models as models_mod
 from benchmarks.deepsparse_onnx import for_deepsparse
 from benchmarks.models_report import Row, goals, table
 
@@ -59,20 +63,38 @@ def test_per_round_ratios_decide_and_show_their_spread():
 @pytest.mark.parametrize("ds_ms,pairs", [(10.5, 6), (9.5, 6), (13.0, 3), (8.0, 3)])
 def test_a_near_tie_with_deepsparse_gets_a_second_look(monkeypatch, tmp_path, ds_ms, pairs):
     """Within SECOND_LOOK either way after the pairs asked for, as many pairs run again and
-    the ratio is the median over all; a clear lead or loss keeps its first pairs."""
+    the ratio is the median over all their rounds; a clear lead or loss keeps its first
+    pairs. The range is the lowest and highest pair's own median."""
     from benchmarks import models
 
-    ours = iter([10.0] * 3 + [11.0] * 3)  # the second look's sparsec pairs are slower
-    monkeypatch.setattr(models, "run_child", lambda *a, **k: {"ms": next(ours)})
+    ours = iter([[10.0] * 7] * 3 + [[11.0] * 7] * 3)  # the second look's pairs are slower
+    monkeypatch.setattr(models, "paired_rounds", lambda cmds: {"sparsec": next(ours),
+                                                               "deepsparse": [ds_ms] * 7})
     monkeypatch.setattr(models, "deepsparse_files", lambda *a: ("model", "inputs"))
-    monkeypatch.setattr(models, "deepsparse_once", lambda *a: ds_ms)
     row = _row("mlp", "0", 1.0, 1.0)
     models.against_deepsparse(row, "py", tmp_path, tmp_path / "m.onnx", tmp_path, processes=3)
-    assert row.pairs == pairs
+    assert (row.pairs, row.rounds) == (pairs, 7)
     first = ds_ms / 10.0
-    want = first if pairs == 3 else float(np.median([first] * 3 + [ds_ms / 11.0] * 3))
+    want = first if pairs == 3 else float(np.median([first] * 21 + [ds_ms / 11.0] * 21))
     assert row.ratios["deepsparse"][0] == pytest.approx(want)
-    assert f"; {pairs} pairs)" in table([row])
+    lowest = first if pairs == 3 else ds_ms / 11.0
+    assert row.ratios["deepsparse"][1:] == pytest.approx([lowest, first])
+    assert f"; {pairs} pairs of 7 rounds)" in table([row])
+
+
+_WORKER = "import sys, time\n" + inspect.getsource(models_mod.alone_loop) + inspect.getsource(
+    models_mod.serve) + "serve(lambda: time.sleep(float(sys.argv[1])))\n"
+
+
+def test_paired_rounds_take_turns_and_say_when_a_worker_fails(capsys):
+    """Two workers answer block by block; one that dies is reported, not waited for."""
+    per = models_mod.paired_rounds({"a": [sys.executable, "-c", _WORKER, "0.001"],
+                                    "b": [sys.executable, "-c", _WORKER, "0.004"]}, rounds=2)
+    assert len(per["a"]) == len(per["b"]) == 2
+    assert all(b > 2 * a for a, b in zip(per["a"], per["b"]))
+    assert models_mod.paired_rounds({"a": [sys.executable, "-c", "raise SystemExit('boom')"],
+                                     "b": [sys.executable, "-c", _WORKER, "0.001"]}) is None
+    assert "a worker failed: boom" in capsys.readouterr().err
 
 
 def _opset20(tmp_path, name, nodes, x_shape, y_shape=None, inits=()):

@@ -75,6 +75,19 @@ def _blocks(w: np.ndarray, target) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(blocks, cb, k).transpose(0, 2, 1))
 
 
+def _block_rows(b, cb: int, total: int, put) -> None:
+    """``put(channel, r)`` for the ``cb`` channels of block ``b``, the last block's padding
+    channels (``total`` onwards) skipped."""
+    for r in range(cb):
+        ch = b * cb + r
+        if total % cb:
+            with T.If(ch < total):
+                with T.Then():
+                    put(ch, r)
+        else:
+            put(ch, r)
+
+
 def prepare(spec: SparseOpSpec, arrays: dict[str, np.ndarray], target):
     """w [O, K] -> [blocks, K, CB]; a fused dense projection's pj_w [P, O] -> the same
     blocking of its P channels."""
@@ -151,21 +164,13 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
                                 wv = T.Bind(wb[b, kk, r])
                                 vloop(width, lambda l, r=r, wv=wv, off=off: T.buffer_store(
                                     acc, acc[r, l] + wv * z[base + off + l], [r, l]))
-                        for r in range(cb):
-                            ch = b * cb + r
+                        def put(ch, r, acc=acc, s0=s0, width=width) -> None:
+                            dst = T.Bind(at + ch * row + 1 + s0)
+                            b_ = bias[ch] if bias is not None else None
+                            vloop(width, lambda l: T.buffer_store(
+                                ring, epi.emit(acc[r, l], spec.epilogue, bias=b_), [dst + l]))
 
-                            def put(ch=ch, r=r) -> None:
-                                dst = T.Bind(at + ch * row + 1 + s0)
-                                b_ = bias[ch] if bias is not None else None
-                                vloop(width, lambda l: T.buffer_store(
-                                    ring, epi.emit(acc[r, l], spec.epilogue, bias=b_),
-                                    [dst + l]))
-                            if o % cb:
-                                with T.If(ch < o):
-                                    with T.Then():
-                                        put()
-                            else:
-                                put()
+                        _block_rows(b, cb, o, put)
 
             def dw_row(ring, slots, v, i, out) -> None:
                 """D[i, :, v] from the ring slots holding stem rows v-1, v, v+1, into Y, or
@@ -203,22 +208,15 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
                                 wv = T.Bind(pw[b, c, r])
                                 vloop(width, lambda l, r=r, wv=wv, src=src: T.buffer_store(
                                     acc, acc[r, l] + wv * drow[src + l], [r, l]))
-                        for r in range(pcb):
-                            ch = b * pcb + r
+                        def put(ch, r, acc=acc, s0=s0, width=width) -> None:
+                            dst = T.Bind(((i * p_out + ch) * oh + v) * ow + s0)
+                            b_ = pbias[ch] if pbias is not None else None
+                            vloop(width, lambda l: T.buffer_store(yf, epi.emit(
+                                acc[r, l], pj.epilogue, bias=b_,
+                                residual=pres[dst + l] if pres is not None else None),
+                                [dst + l]))
 
-                            def put(ch=ch, r=r) -> None:
-                                dst = T.Bind(((i * p_out + ch) * oh + v) * ow + s0)
-                                b_ = pbias[ch] if pbias is not None else None
-                                vloop(width, lambda l: T.buffer_store(yf, epi.emit(
-                                    acc[r, l], pj.epilogue, bias=b_,
-                                    residual=pres[dst + l] if pres is not None else None),
-                                    [dst + l]))
-                            if p_out % pcb:
-                                with T.If(ch < p_out):
-                                    with T.Then():
-                                        put()
-                            else:
-                                put()
+                        _block_rows(b, pcb, p_out, put)
 
             with loop(n) as i:
                 emit_z_fill(g, xf, z, i, vl)
