@@ -195,6 +195,7 @@ def test_no_stray_access(layout, x_shape, kernel, strides, pads):
     ((2, 5, 7, 7), 13, ("bias", "gelu")),  # two images, a ragged panel
     ((1, 64, 1, 1), 33, ("relu",)),  # one pixel
     ((1, 17, 7, 9), 100, ()),
+    ((1, 512, 7, 7), 160, ("bias", "residual")),  # 320 KB of panels: prefetched (AVX-512)
 ])
 def test_pixel_rows_path(x_shape, o, epilogue):
     """A dense 1x1 conv on a small image runs as ``linear_dense``'s GEMM over strided views
@@ -208,6 +209,29 @@ def test_pixel_rows_path(x_shape, o, epilogue):
         out, ref, _ = _run("dense", x_shape, o, density=1.0, epilogue=epilogue, guard=guard,
                            plan_rows=n * h * w)
         np.testing.assert_allclose(out, ref, **TOL)
+
+
+@pytest.mark.parametrize("mcpu,c,o,hw,prefetched", [
+    ("x86-64-v4", 960, 320, 7, True),  # MobileNetV2-224's last projection: 1.2 MB, 4 row blocks
+    ("x86-64-v4", 576, 160, 7, True),  # 360 KB
+    ("x86-64-v4", 576, 96, 14, False),  # 14 row blocks would prefetch each panel 14 times
+    ("x86-64-v4", 160, 64, 7, False),  # 40 KB: stays in cache
+    ("x86-64-v3", 960, 320, 7, False),  # AVX2's 6-row tiles: 9 row blocks
+])
+def test_pixel_rows_prefetch_a_weight_from_memory(mcpu, c, o, hw, prefetched):
+    """Built, not run: the TIR prefetches the panels only where the rule says."""
+    import tvm
+
+    from sparsec.codegen.tvm.kernels import conv_pixel_rows
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
+    spec = SparseOpSpec("SparseConv", "dense", o, c, "n", [], ["w"],
+                        ConvAttrs((1, 1), (1, 1), (0,) * 4, (1, 1)), rows=hw * hw)
+    arrays = conv_pixel_rows.prepare(spec, np.ones((o, c), np.float32), target)
+    func = conv_pixel_rows.build(spec, (1, c, hw, hw), arrays, target)
+    assert ("llvm.prefetch" in func.script()) is prefetched
+    func = conv_pixel_rows.build(spec, (1, c, hw, hw), arrays, target, {"prefetch": 0})
+    assert "llvm.prefetch" not in func.script()
 
 
 def test_pixel_rows_only_for_plain_1x1_convs_on_small_images():
