@@ -46,7 +46,7 @@ loops), ``expand_lanes`` (pixels per expand tile only; overrides ``tile_lanes`` 
 ``expand_rows`` (channels of a dense block accumulated per pass: all, or half where
 ``conv_dw_rows.half_block_lanes`` finds tiles of whole vectors), ``z_pitch`` (Z's rows
 padded to whole vectors) and ``dw_lanes`` (lanes of a depthwise tile; both
-``conv_dw_rows.z_rows``). On
+``conv_dw_rows.z_rows``), ``prefetch_next`` (``PREFETCH_NEXT_MIN_PIXELS``). On
 MobileNetV2-224 at 90%, tile_lanes 32/64/128 and tasks_per_core 2/4/8 measured within noise.
 At 0% (dense expand, AVX2, Zen 3, kernels A/B in one process, before rows were padded) the
 expand tile mattered and no single width won: ``expand_lanes`` 8 against the default 16
@@ -88,6 +88,16 @@ from sparsec.codegen.tvm.kernels.conv_inner import _i32, _pow2_floor, _zero, acc
 from sparsec.errors import CompileError
 from sparsec.ops import SparseOpSpec
 from sparsec.plan import ConvAttrs
+
+# Images of at least this many pixels prefetch the next block's dense expand weight into L2
+# while the current block's depthwise conv runs (``_Fused.expand``; the ``prefetch_next``
+# knob): in a model the weights come from L3 or memory, each block's at the start of its
+# expand. MobileNetV2 at 0%, AVX-512 (Zen 4), per kernel in the model, A/B in one process,
+# two runs: 224's 7x7 blocks (160 -> 960) 1.025-1.065x, 14x14 1.00-1.03x, larger within
+# 0.99-1.01x; 96's 6x6 blocks 1.02-1.08x, its 3x3 ones 0.93-0.97x (little work a block
+# for the prefetches).
+PREFETCH_NEXT_MIN_PIXELS = 36
+
 
 @dataclass(frozen=True)
 class DwGeometry:
@@ -217,7 +227,8 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
                                                       pj_res)
             k = _Fused(g, vl, dw_budget, e_budget, rows, bufs, xf if xp is None else xp, yf,
                        bias, dbias, [] if before else spec.epilogue, spec.dw_epilogue, proj,
-                       before, wp, deinterleave, band or g.oh, sub, zq)
+                       before, wp, deinterleave, band or g.oh, sub, zq,
+                       bool(knobs.get("prefetch_next", p >= PREFETCH_NEXT_MIN_PIXELS)))
             with T.serial(g.n) as n:
                 if xp is not None:
                     copy_rows(xf, xp, g, n, wp, vl, deinterleave)
@@ -249,6 +260,7 @@ class _Fused:
     band: int  # output rows that Z holds: OH, or a band's (``band_rows``)
     sub: int  # channels per expand pass: ``rows``, or half a dense block (``half_block_lanes``)
     zq: int  # a Z plane's row pitch: its columns ``g.wq``, or those rounded up to whole vectors
+    prefetch_next: bool = False  # prefetch the next block's dense weight (``expand``)
 
     @property
     def copied(self) -> bool:
@@ -272,6 +284,20 @@ class _Fused:
     # ------------------------------------------------------------ expand: X -> Z interior
 
     def expand(self, z, n, blk, band=None) -> None:
+        """``_expand``, then, with ``prefetch_next``, block blk + 1's dense weight into L2
+        while block blk's depthwise conv runs."""
+        self._expand(z, n, blk, band)
+        if self.prefetch_next and "w" in self.bufs:
+            w = self.bufs["w"]
+            _, c, rows = (int(d) for d in w.shape)
+            size = w.shape[0] * c * rows
+            for line in range(-(-c * rows // 16)):
+                at = T.min((blk + 1) * (c * rows) + line * 16, size - 16)
+                T.evaluate(T.call_llvm_intrin(
+                    "void", "llvm.prefetch.p0", w.access_ptr("r", offset=at),
+                    tirx.const(0, "int32"), tirx.const(2, "int32"), tirx.const(1, "int32")))
+
+    def _expand(self, z, n, blk, band=None) -> None:
         """E of the block's channels into their Z buffers (``z`` + channel * z_size); with
         ``band`` = (first image row, end row, the band's first output row), those rows only,
         one at a time.

@@ -365,6 +365,22 @@ def test_z_rows(h, stride, vl, pitch, lanes):
         g.wq, 24)
 
 
+@pytest.mark.parametrize("h,knobs,prefetched", [
+    (7, {}, True), (6, {}, True), (3, {}, False), (3, {"prefetch_next": True}, True),
+    (14, {"prefetch_next": False}, False)])
+def test_next_block_weight_prefetched(h, knobs, prefetched):
+    """A dense expand prefetches the next block's weight on images of 36 pixels and more;
+    the prefetch never reads past the weight (the last block's clamps to its end)."""
+    spec = SparseOpSpec("SparseConv", "dense", 30, 16, "expand", [RELU6], ["w"],
+                        ConvAttrs((1, 1)), ConvAttrs((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 30),
+                        [RELU6])
+    arrays = kernel_for(spec).prepare(spec, {"w": np.ones((30, 16), np.float32)}, HOST)
+    func = conv_dw.build(spec, (1, 16, h, h), arrays, HOST, knobs)
+    assert ("llvm.prefetch" in func.script()) is prefetched
+    out, ref = _run((1, 16, h, h), 30, 1, layout="dense", density=1.0, knobs=knobs)
+    np.testing.assert_allclose(out, ref, **TOL)
+
+
 @pytest.mark.parametrize("guard", ["start", "end"])
 def test_no_stray_access(guard):
     """Every buffer against an unreadable page (``sparsec.testing``): the deinterleaving
