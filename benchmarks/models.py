@@ -217,8 +217,8 @@ ROUNDS = 7
 def alone_loop(fn, warm_s: float = 0.2, measure_s: float = 0.5, calls: int = 30) -> float:
     """Median ms of back-to-back calls of ``fn`` after ``warm_s`` of them: at least ``calls``
     and as many as take ``measure_s``. Both engines timed alone use it (its source is part of
-    ``DEEPSPARSE_WORKER``, through ``serve``). 30 calls after one, as before, were 4.5 ms of a 0.15 ms MLP,
-    measured before the fresh process was warm: the same artifact took 0.15, 0.29 and 0.17
+    ``DEEPSPARSE_WORKER``, through ``serve``). 30 calls after one, as before, were 4.5 ms of
+    a 0.15 ms MLP, measured before the fresh process was warm: the same artifact took 0.15, 0.29 and 0.17
     ms in three children (2026-12-01, 14:25). Against onnxruntime the engines run in
     interleaved blocks instead, 3 calls for a 100 ms model, the first after the other
     engine has thrashed the caches: BERT-base at 50% ran 74-80 ms back to back and 89-92 ms
