@@ -292,7 +292,7 @@ class _Fused:
             _, c, rows = (int(d) for d in w.shape)
             size = w.shape[0] * c * rows
             for line in range(-(-c * rows // 16)):
-                at = T.min((blk + 1) * (c * rows) + line * 16, size - 16)
+                at = T.min((blk + 1) * (c * rows) + line * 16, max(size - 16, 0))
                 T.evaluate(T.call_llvm_intrin(
                     "void", "llvm.prefetch.p0", w.access_ptr("r", offset=at),
                     tirx.const(0, "int32"), tirx.const(2, "int32"), tirx.const(1, "int32")))
