@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.kernels_report import SECOND_LOOK, best_peer, conv_table, plot, table
-from benchmarks.models import alone_loop
+from benchmarks.workers import alone_loop
 from sparsec.timing import ort_session, settle
 
 SHAPES = [(4096, 4096), (3072, 768), (768, 3072)]  # [out, in]
@@ -159,7 +159,7 @@ def measure_rates() -> tuple[float, float]:
     return bandwidth, 2 * n**3 / fastest_s(lambda: sess.run(None, {"x": x}), 15) / 1e9
 
 
-# DeepSparse's loop is the zoo benchmark's (``models.alone_loop``: 0.2 s of warm-up, then
+# DeepSparse's loop is the zoo benchmark's (``workers.alone_loop``: 0.2 s of warm-up, then
 # at least 30 calls and 0.5 s); it was 50 calls after one.
 DEEPSPARSE_SCRIPT = inspect.getsource(alone_loop) + r"""
 import json, sys, numpy as np

@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from benchmarks import models as models_mod
+from benchmarks import workers
 from benchmarks.deepsparse_onnx import for_deepsparse
 from benchmarks.models_report import Row, goals, table
 
@@ -82,17 +82,17 @@ def test_a_near_tie_with_deepsparse_gets_a_second_look(monkeypatch, tmp_path, ds
     assert f"; {pairs} pairs of 7 rounds)" in table([row])
 
 
-_WORKER = "import sys, time\n" + inspect.getsource(models_mod.alone_loop) + inspect.getsource(
-    models_mod.serve) + "serve(lambda: time.sleep(float(sys.argv[1])))\n"
+_WORKER = "import sys, time\n" + inspect.getsource(workers.alone_loop) + inspect.getsource(
+    workers.serve) + "serve(lambda: time.sleep(float(sys.argv[1])))\n"
 
 
 def test_paired_rounds_take_turns_and_say_when_a_worker_fails(capsys):
     """Two workers answer block by block; one that dies is reported, not waited for."""
-    per = models_mod.paired_rounds({"a": [sys.executable, "-c", _WORKER, "0.001"],
+    per = workers.paired_rounds({"a": [sys.executable, "-c", _WORKER, "0.001"],
                                     "b": [sys.executable, "-c", _WORKER, "0.004"]}, rounds=2)
     assert len(per["a"]) == len(per["b"]) == 2
     assert all(b > 2 * a for a, b in zip(per["a"], per["b"]))
-    assert models_mod.paired_rounds({"a": [sys.executable, "-c", "raise SystemExit('boom')"],
+    assert workers.paired_rounds({"a": [sys.executable, "-c", "raise SystemExit('boom')"],
                                      "b": [sys.executable, "-c", _WORKER, "0.001"]}) is None
     assert "a worker failed: boom" in capsys.readouterr().err
 
