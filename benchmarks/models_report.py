@@ -32,7 +32,7 @@ class Row:
     # round cancels the host's drift; the spread says how far one run can be trusted.
     ratios: dict[str, list[float]] = field(default_factory=dict)
     pairs: int = 0  # process pairs behind the DeepSparse ratio (``models.SECOND_LOOK``)
-    rounds: int = 0  # rounds of each pair (``models.paired_rounds``); 0: one block a process
+    rounds: int = 0  # rounds of each pair (``workers.paired_rounds``); 0: one block a process
 
     def speedup(self, peer: str = "onnxruntime") -> float | None:
         """The median per-round (or per-pair) ratio peer ms / sparsec ms, else the ratio of
