@@ -85,6 +85,7 @@ from sparsec.codegen.tvm.kernels.conv_dw_rows import (
 )
 from sparsec.codegen.tvm.kernels.conv_dw_schedule import band_rows, emit_bands, emit_channel_tasks
 from sparsec.codegen.tvm.kernels.conv_inner import _i32, _pow2_floor, _zero, acc_vectors, span
+from sparsec.codegen.tvm.kernels.linear_common import prefetch
 from sparsec.errors import CompileError
 from sparsec.ops import SparseOpSpec
 from sparsec.plan import ConvAttrs
@@ -293,9 +294,7 @@ class _Fused:
             size = w.shape[0] * c * rows
             for line in range(-(-c * rows // 16)):
                 at = T.min((blk + 1) * (c * rows) + line * 16, max(size - 16, 0))
-                T.evaluate(T.call_llvm_intrin(
-                    "void", "llvm.prefetch.p0", w.access_ptr("r", offset=at),
-                    tirx.const(0, "int32"), tirx.const(2, "int32"), tirx.const(1, "int32")))
+                prefetch(w, at, locality=2)  # into L2
 
     def _expand(self, z, n, blk, band=None) -> None:
         """E of the block's channels into their Z buffers (``z`` + channel * z_size); with

@@ -38,6 +38,7 @@ from sparsec.codegen.tvm.kernels.linear_common import (
     F32,
     ZERO,
     loop,
+    prefetch,
     thread_count,
     vector_lanes,
     vector_registers,
@@ -125,11 +126,7 @@ def build(spec: SparseOpSpec, in_shape, arrays: dict[str, np.ndarray], target,
                     for line in range(lines):
                         step = (rb * k + kk) * lines + line
                         at = pn * slice_ + step * LINE
-                        T.evaluate(T.call_llvm_intrin(
-                            "void", "llvm.prefetch.p0",
-                            lw.access_ptr("r", offset=T.min(at, npanel * slice_ - LINE)),
-                            tirx.const(0, "int32"), tirx.const(PREFETCH_LOCALITY, "int32"),
-                            tirx.const(1, "int32")))
+                        prefetch(lw, T.min(at, npanel * slice_ - LINE), PREFETCH_LOCALITY)
                     with T.unroll(0, m) as ii:
                         xv = xf[(i * c + kk) * p + r0 + ii]
                         with T.vectorized(0, nb) as j:

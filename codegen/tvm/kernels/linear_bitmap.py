@@ -53,6 +53,7 @@ from sparsec.codegen.tvm.kernels.linear_common import (
     bind,
     linear_func,
     loop,
+    prefetch as emit_prefetch,
     row_tasks,
     vector_lanes,
 )
@@ -158,11 +159,7 @@ def build(spec, in_shape, arrays, target, knobs=None):
             def step(g, u):
                 if prefetch and u == 0:
                     for p in range(n):
-                        T.evaluate(T.call_llvm_intrin(
-                            "void", "llvm.prefetch.p0",
-                            values.access_ptr("r", offset=ptr[p] + prefetch),
-                            tirx.const(0, "int32"), tirx.const(3, "int32"),
-                            tirx.const(1, "int32")))
+                        emit_prefetch(values, ptr[p] + prefetch)
                 xs = [bind(x_at(r, g)) for r in range(rows)]
                 for p in range(n):
                     m = bind(mask[o + p, g])

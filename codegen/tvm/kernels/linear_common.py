@@ -203,6 +203,14 @@ def loop(n, kind: str = "serial"):
     return getattr(T, kind)(0, n)
 
 
+def prefetch(buf, offset, locality: int = 3) -> None:
+    """``llvm.prefetch`` of ``buf`` at element ``offset`` (a read, into the data cache):
+    ``locality`` 3 into L1 (prefetcht0), 2 into L2 (prefetcht1)."""
+    T.evaluate(T.call_llvm_intrin(
+        "void", "llvm.prefetch.p0", buf.access_ptr("r", offset=offset), tirx.const(0, "int32"),
+        tirx.const(locality, "int32"), tirx.const(1, "int32")))
+
+
 def bind(expr):
     """Bind a PrimExpr to a variable (evaluated once); Python ints stay constants."""
     return expr if isinstance(expr, (int, np.integer)) else T.Bind(expr)

@@ -29,7 +29,6 @@ True/False), ``threads``, ``lanes``.
 from __future__ import annotations
 
 import numpy as np
-from tvm import tirx
 from tvm.script.ir_builder import tirx as T
 
 from sparsec.codegen.tvm.kernels import KernelDef
@@ -39,6 +38,7 @@ from sparsec.codegen.tvm.kernels.linear_common import (
     LinearFunc,
     linear_func,
     loop,
+    prefetch as emit_prefetch,
     software_prefetch,
     thread_count,
     vector_lanes,
@@ -193,9 +193,7 @@ def _body(f: LinearFunc, panel_shape, lanes, registers, threads, knobs, prefetch
             if pf:
                 for line in range(max(1, nb * 4 * splits // 64)):
                     at = (p * k + k0 + k2 * splits + pf) * nb + line * 16
-                    T.evaluate(T.call_llvm_intrin(
-                        "void", "llvm.prefetch.p0", W.access_ptr("r", offset=at),
-                        tirx.const(0, "int32"), tirx.const(3, "int32"), tirx.const(1, "int32")))
+                    emit_prefetch(W, at)
             with T.unroll(0, splits) as u:
                 kk = k0 + k2 * splits + u
                 with T.unroll(0, m) as i:
