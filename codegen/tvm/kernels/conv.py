@@ -118,15 +118,20 @@ def block_rows(spec: SparseOpSpec, out: int, target) -> int:
     return dense_rows(out)
 
 
-def _prepare_dense(spec: SparseOpSpec, arrays: dict[str, np.ndarray], target):
-    """w [O, K] -> [ceil(O/rows), K, rows] (zero rows pad the last block; ``block_rows``)."""
-    w = np.asarray(arrays["w"], np.float32)
+def dense_blocks(w: np.ndarray, rows: int) -> np.ndarray:
+    """w [O, K] -> [ceil(O/rows), K, rows] (zero rows pad the last block)."""
+    w = np.asarray(w, np.float32)
     o, k = w.shape
-    rows = block_rows(spec, o, target)
     blocks = -(-o // rows)
     padded = np.zeros((blocks * rows, k), np.float32)
     padded[:o] = w
-    return {"w": np.ascontiguousarray(padded.reshape(blocks, rows, k).transpose(0, 2, 1))}
+    return np.ascontiguousarray(padded.reshape(blocks, rows, k).transpose(0, 2, 1))
+
+
+def _prepare_dense(spec: SparseOpSpec, arrays: dict[str, np.ndarray], target):
+    """w [O, K] -> ``dense_blocks`` of ``block_rows`` channels."""
+    w = arrays["w"]
+    return {"w": dense_blocks(w, block_rows(spec, w.shape[0], target))}
 
 
 def _prepare_dense_conv(spec: SparseOpSpec, arrays: dict[str, np.ndarray], target):

@@ -39,7 +39,7 @@ from tvm.script.ir_builder import tirx as T
 
 from sparsec.codegen.tvm.kernels import KernelDef
 from sparsec.codegen.tvm.kernels import epilogue as epi
-from sparsec.codegen.tvm.kernels.conv import _cores, simd_lanes
+from sparsec.codegen.tvm.kernels.conv import _cores, dense_blocks, simd_lanes
 from sparsec.codegen.tvm.kernels.conv_dw_schedule import zero
 from sparsec.codegen.tvm.kernels.conv_geometry import (
     F32,
@@ -65,14 +65,8 @@ def _blocking(registers: int) -> tuple[int, int]:
 
 
 def _blocks(w: np.ndarray, target) -> np.ndarray:
-    """[O, K] -> [blocks, K, CB] (zero channels pad the last block)."""
-    w = np.asarray(w, np.float32)
-    o, k = w.shape
-    cb = min(o, _blocking(vector_registers(target))[0])
-    blocks = -(-o // cb)
-    padded = np.zeros((blocks * cb, k), np.float32)
-    padded[:o] = w
-    return np.ascontiguousarray(padded.reshape(blocks, cb, k).transpose(0, 2, 1))
+    """[O, K] -> [blocks, K, CB] (``conv.dense_blocks``)."""
+    return dense_blocks(w, min(len(w), _blocking(vector_registers(target))[0]))
 
 
 def _block_rows(b, cb: int, total: int, put) -> None:
