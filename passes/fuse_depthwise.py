@@ -212,12 +212,7 @@ class FuseDepthwisePass(FusionPass):
                     continue
                 node = self._fuse(graph, sparse, entry, *found)
                 self.counts["fused"] += 1
-                pj = match_projection(node)
-                if isinstance(pj, str):
-                    self.counts[f"projection kept: {pj}"] += 1
-                    continue
-                self._fuse_projection(graph, node, pj, entries)
-                self.counts["projections"] += 1
+                self._fuse_projection(graph, node, entries, PROJECTION_KINDS)
         # A depthwise conv with no sparse 1x1 conv before it (MobileNetV2's first block)
         # joins the projection after it instead; left over then, one after a dense kxk conv
         # (MobileNetV2's stem, when the first block's projection is dense) joins that conv
@@ -243,23 +238,24 @@ class FuseDepthwisePass(FusionPass):
                     continue
                 node = self._fuse(graph, sparse, entry, *found, before=before)
                 self.counts[count] += 1
-                if not projection:
-                    continue
-                pj = match_projection(node, projection)
-                if isinstance(pj, str):
-                    self.counts[f"projection kept: {pj}"] += 1
-                    continue
-                self._fuse_projection(graph, node, pj, entries)
-                self.counts["projections"] += 1
+                if projection:
+                    self._fuse_projection(graph, node, entries, projection)
 
-    def _fuse_projection(self, graph: ir.Graph, node: ir.Node, pj: ir.Node,
-                         entries: dict) -> None:
+    def _fuse_projection(self, graph: ir.Graph, node: ir.Node, entries: dict,
+                         kinds) -> None:
+        """The projection after the fused ``node`` joins it when its layout is one of
+        ``kinds`` (``match_projection``); counted either way."""
+        pj = match_projection(node, kinds)
+        if isinstance(pj, str):
+            self.counts[f"projection kept: {pj}"] += 1
+            return
         fused = ir.Node(ops.DOMAIN, ops.CONV, [*node.inputs, *pj.inputs[1:]],
                         [*node.attributes.values(), *carried_attrs(pj, "pj_")], name=node.name)
         ir.convenience.replace_nodes_and_values(graph, pj, [node, pj], [fused],
                                                 [pj.outputs[0]], [fused.outputs[0]])
         entries[pj.attributes.get_string("entry")].fused_into = node.attributes.get_string(
             "entry")
+        self.counts["projections"] += 1
 
     def _fuse(self, graph: ir.Graph, sparse: ir.Node, entry, dw: ir.Node,
               acts: list[ir.Node], steps: list[EpilogueStep], before: bool = False) -> ir.Node:
